@@ -1,0 +1,215 @@
+"""``crossent explain``: the article's argument (SEED.md §3–§6), step by step, on real numbers.
+
+Every number printed is computed by the library's public functions, and every identity shown
+(NLL = cross entropy, D = H(p, q) − H(p), batch NLL = sum of per-example cross entropies) is
+checked on the spot: the command fails loudly if one does not hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import string
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from crossent import cross_entropy, entropy, kl_divergence, nll
+from crossent._checks import check_probs
+from crossent.coding import canonical_code, expected_length, shannon_lengths
+
+ARTICLE_Q = "1/2,1/4,1/4"  # the article's f: the distribution the code is built for
+DEFAULT_P = "1/8,1/8,3/4"  # what outcomes really follow in the walk-through
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "explain",
+        help="walk through entropy, cross entropy, KL and NLL with numbers, in bits",
+        description=(
+            "Walk through the article 'Cross Entropy and Log Likelihood' with numbers: the "
+            "code built for q, outcomes that really follow p, H(p, q) against H(q, p), "
+            "D(p || q) = H(p, q) - H(p), the NLL of one observation and of a batch."
+        ),
+    )
+    parser.add_argument(
+        "--p",
+        default=DEFAULT_P,
+        metavar="P1,P2,...",
+        help=f"the true distribution outcomes follow (default {DEFAULT_P}); fractions allowed",
+    )
+    parser.add_argument(
+        "--q",
+        default=ARTICLE_Q,
+        metavar="Q1,Q2,...",
+        help=f"the model: the distribution the code is built for (default {ARTICLE_Q})",
+    )
+    parser.add_argument("--batch", type=int, default=5, help="observations in the batch step")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the sampled observations")
+    parser.set_defaults(run=run)
+
+
+def parse_distribution(name: str, text: str) -> list[float]:
+    """'1/2,1/4,1/4' or '0.5 0.25 0.25' as a list of floats (validated by the measures)."""
+    parts = text.replace(",", " ").split()
+    if not parts:
+        raise ValueError(f"`--{name}` must list probabilities such as 1/2,1/4,1/4; got {text!r}")
+    try:
+        return [float(Fraction(part)) for part in parts]
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(
+            f"`--{name}` must list numbers or fractions such as 1/2,1/4,1/4; got {text!r}"
+        ) from None
+
+
+def run(args: argparse.Namespace, console: Console) -> None:
+    p = parse_distribution("p", args.p)
+    q = parse_distribution("q", args.q)
+    if len(p) != len(q):
+        raise ValueError(
+            f"`--p` and `--q` must give one probability per outcome; got {len(p)} and {len(q)}"
+        )
+    if args.batch < 1:
+        raise ValueError(f"`--batch` must be at least 1; got {args.batch}")
+    for name, dist in (("--p", p), ("--q", q)):
+        _check(name, dist)
+    outcomes = _outcome_names(len(p))
+    console.rule("[bold]Cross entropy and log-likelihood, in bits")
+    _entropy_step(console, outcomes, q)
+    _cross_entropy_step(console, outcomes, p, q)
+    _kl_step(console, p, q)
+    _observation_step(console, outcomes, p, q, args.seed)
+    _batch_step(console, outcomes, p, q, args.batch, args.seed)
+
+
+def _check(option: str, dist: list[float]) -> None:
+    check_probs(option, torch.tensor(dist, dtype=torch.float64), dim=0)
+
+
+def _outcome_names(count: int) -> list[str]:
+    if count <= len(string.ascii_lowercase):
+        return list(string.ascii_lowercase[:count])
+    return [f"x{i}" for i in range(count)]
+
+
+def _bits(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value + 0.0:.4f}"  # + 0.0 turns -0.0 into 0.0
+
+
+def _surprise(probability: float) -> float:
+    """log2 1/q(x) in bits: +inf for an outcome of probability 0."""
+    return math.log2(1 / probability) if probability > 0 else math.inf
+
+
+def _entropy_step(console: Console, outcomes: list[str], q: list[float]) -> None:
+    lengths = shannon_lengths(q)
+    words = canonical_code(lengths)
+    table = Table(title="1. Entropy: the best yes/no questions for q (SEED.md §3)")
+    for column in ("outcome x", "q(x)", "code word", "questions l(x)", "log2 1/q(x)"):
+        table.add_column(column, justify="right")
+    for x, qx, word, length in zip(outcomes, q, words, lengths, strict=True):
+        shown_word = "—" if word is None else (word or "(none: certain)")
+        shown_length = "—" if length is None else str(length)
+        table.add_row(x, f"{qx:.4g}", shown_word, shown_length, _bits(_surprise(qx)))
+    console.print(table)
+    h_q = float(entropy(q))
+    mean_length = expected_length(lengths, q)
+    console.print(
+        f"H(q) = Σ q(x) log2 1/q(x) = [bold]{_bits(h_q)} bits[/]: the expected number of "
+        f"questions. This code (lengths ⌈log2 1/q(x)⌉) asks {_bits(mean_length)} on average"
+        + (" — exactly H(q), as every q(x) is a power of 1/2." if mean_length == h_q else ",")
+        + ("" if mean_length == h_q else " within one question of H(q).")
+    )
+    console.print()
+
+
+def _cross_entropy_step(
+    console: Console, outcomes: list[str], p: list[float], q: list[float]
+) -> None:
+    table = Table(title="2. Cross entropy: outcomes follow p, questions were made for q (§4)")
+    for column in ("outcome x", "p(x) truth", "q(x) model", "log2 1/q(x)", "p(x)·log2 1/q(x)"):
+        table.add_column(column, justify="right")
+    for x, px, qx in zip(outcomes, p, q, strict=True):
+        surprise = _surprise(qx)
+        term = 0.0 if px == 0 else px * surprise
+        table.add_row(x, f"{px:.4g}", f"{qx:.4g}", _bits(surprise), _bits(term))
+    console.print(table)
+    h_pq = float(cross_entropy(target_probs=p, pred_probs=q))
+    h_qp = float(cross_entropy(target_probs=q, pred_probs=p))
+    h_p = float(entropy(p))
+    code_length = expected_length(shannon_lengths(q), p)
+    console.print(
+        f"H(p, q) = −Σ p log2 q = [bold]{_bits(h_pq)} bits[/], but H(q, p) = {_bits(h_qp)} bits: "
+        "the truth weights, the model sits inside the log, and the order matters.\n"
+        f"p's own best questions need H(p) = {_bits(h_p)} bits ≤ H(p, q) (Gibbs). "
+        f"q's code above asks {_bits(code_length)} questions on average when outcomes follow p "
+        "(H(p, q) ≤ L < H(p, q) + 1 for this code)."
+    )
+    console.print()
+
+
+def _kl_step(console: Console, p: list[float], q: list[float]) -> None:
+    d = float(kl_divergence(target_probs=p, pred_probs=q))
+    difference = float(cross_entropy(target_probs=p, pred_probs=q)) - float(entropy(p))
+    _require(math.isclose(d, difference, abs_tol=1e-12) or d == difference, "D = H(p,q) − H(p)")
+    console.print("[bold]3. Kullback–Leibler divergence: the extra questions (§5)[/]")
+    console.print(
+        f"D(p ‖ q) = Σ p log2 p/q = [bold]{_bits(d)} bits[/] = H(p, q) − H(p) = "
+        f"{_bits(difference)}. "
+        "H(p) depends on the data only, so minimising D, H(p, q) or the NLL picks the same model."
+    )
+    console.print()
+
+
+def _observation_step(
+    console: Console, outcomes: list[str], p: list[float], q: list[float], seed: int
+) -> None:
+    j = int(np.random.default_rng(seed).choice(len(p), p=np.asarray(p) / sum(p)))
+    one_hot = [1.0 if i == j else 0.0 for i in range(len(p))]
+    as_nll = float(nll(target_index=j, pred_probs=q))
+    as_ce = float(cross_entropy(target_probs=one_hot, pred_probs=q))
+    _require(as_nll == as_ce, "NLL = H(y, q)")
+    console.print("[bold]4. One observation: negative log-likelihood = cross entropy (§2)[/]")
+    console.print(
+        f"Outcome {outcomes[j]} is observed: y = {one_hot} (one-hot). The model's likelihood is "
+        f"q({outcomes[j]}) = {q[j]:.4g}, so NLL = −log2 q({outcomes[j]}) = [bold]{_bits(as_nll)} "
+        f"bits[/] = H(y, q) = −Σ y log2 q = {_bits(as_ce)}."
+    )
+    console.print()
+
+
+def _batch_step(
+    console: Console, outcomes: list[str], p: list[float], q: list[float], size: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed + 1)
+    observed = rng.choice(len(p), size=size, p=np.asarray(p) / sum(p))
+    # Each example gets its own prediction, as a classifier's depends on that example's x.
+    with np.errstate(divide="ignore"):
+        logits = np.log(np.asarray(q)) + rng.normal(0.0, 0.5, size=(size, len(q)))
+    preds = np.exp(logits - logits.max(axis=1, keepdims=True))
+    preds /= preds.sum(axis=1, keepdims=True)
+    per_example = nll(target_index=observed, pred_probs=preds)
+    total = float(nll(target_index=observed, pred_probs=preds, reduction="sum"))
+    _require(math.isclose(total, float(np.sum(per_example))), "batch NLL = Σ per-example")
+    table = Table(title=f"5. A batch of {size}: the NLL of the batch is a sum (§6)")
+    for column in ("example i", "observed y", "model q⁽ⁱ⁾ (its own x)", "−log2 q⁽ⁱ⁾(y) bits"):
+        table.add_column(column, justify="right")
+    for i, (y, pred, value) in enumerate(zip(observed, preds, per_example, strict=True)):
+        shown = ", ".join(f"{v:.3f}" for v in pred)
+        table.add_row(str(i + 1), outcomes[int(y)], f"({shown})", _bits(float(value)))
+    console.print(table)
+    likelihood = float(np.prod(preds[np.arange(size), observed]))
+    console.print(
+        f"Batch NLL = −log2 Π q⁽ⁱ⁾(yᵢ) = −log2 {likelihood:.4g} = [bold]{_bits(total)} bits[/] "
+        f"(total, reduction='sum') = the sum of the per-example cross entropies; "
+        f"per example (reduction='mean'): {_bits(total / size)} bits."
+    )
+
+
+def _require(holds: bool, identity: str) -> None:
+    if not holds:
+        raise RuntimeError(f"identity {identity} failed on these numbers: please report a bug")
