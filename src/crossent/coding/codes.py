@@ -21,9 +21,9 @@ def shannon_lengths(probs: Sequence[float]) -> list[int | None]:
     [1, 2, 2]
     """
     lengths: list[int | None] = []
-    for q in probs:
+    for x, q in enumerate(probs):
         if not 0 <= q <= 1:
-            raise ValueError(f"`probs` must be probabilities in [0, 1]; got {q!r}")
+            raise ValueError(f"`probs` must be probabilities in [0, 1]; got {q!r} at position {x}")
         lengths.append(math.ceil(-math.log2(q)) if q > 0 else None)
     return lengths
 

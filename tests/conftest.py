@@ -1,0 +1,42 @@
+"""Shared random inputs: batches of distributions with zeros, and logits with −inf entries."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import settings
+from hypothesis import strategies as st
+
+settings.register_profile("default", deadline=None, max_examples=60)
+settings.load_profile("default")
+
+
+def random_probs(
+    rng: np.random.Generator, shape: tuple[int, ...], zero_fraction: float = 0.2
+) -> np.ndarray:
+    """Rows of probabilities (float64) along the last axis, some entries exactly 0."""
+    weights = rng.gamma(0.5, size=shape)
+    weights[rng.random(shape) < zero_fraction] = 0.0
+    first = weights[..., 0]  # a view: every row keeps at least one positive entry
+    first[weights.sum(axis=-1) == 0] = 1.0
+    return weights / weights.sum(axis=-1, keepdims=True)
+
+
+def random_logits(
+    rng: np.random.Generator, shape: tuple[int, ...], neg_inf_fraction: float = 0.2
+) -> np.ndarray:
+    """Logits (float64) with some −inf entries, never a whole row of them."""
+    logits = rng.normal(0.0, 3.0, size=shape)
+    logits[rng.random(shape) < neg_inf_fraction] = -np.inf
+    logits[..., 0] = np.where(np.isinf(logits).all(axis=-1), 0.0, logits[..., 0])
+    return logits
+
+
+@st.composite
+def batches(
+    draw: st.DrawFn, max_rows: int = 6, max_classes: int = 9, min_classes: int = 1
+) -> tuple:
+    """(rng, shape): a seeded generator and a batch shape ``(rows, classes)``."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    rows = draw(st.integers(1, max_rows))
+    classes = draw(st.integers(min_classes, max_classes))
+    return np.random.default_rng(seed), (rows, classes)

@@ -1,0 +1,127 @@
+"""The identities of SEED.md §3–§6 on random numbers: Gibbs, D = H(p, q) − H(p), NLL = CE, ..."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+
+import crossent
+from tests.conftest import batches, random_logits, random_probs
+
+
+@given(batches())
+def test_gibbs_inequality_and_kl_is_non_negative(batch: tuple) -> None:
+    rng, shape = batch
+    p, q = random_probs(rng, shape), random_probs(rng, shape)
+    h_p = crossent.entropy(p)
+    h_pq = crossent.cross_entropy(target_probs=p, pred_probs=q)
+    assert np.all(h_pq >= h_p - 1e-12)
+    assert np.all(crossent.kl_divergence(target_probs=p, pred_probs=q) >= -1e-12)
+
+
+@given(batches())
+def test_kl_of_a_distribution_with_itself_is_exactly_zero(batch: tuple) -> None:
+    rng, shape = batch
+    p = random_probs(rng, shape)
+    np.testing.assert_array_equal(crossent.kl_divergence(target_probs=p, pred_probs=p), 0.0)
+    np.testing.assert_allclose(
+        crossent.cross_entropy(target_probs=p, pred_probs=p), crossent.entropy(p), rtol=1e-15
+    )
+
+
+@given(batches())
+def test_cross_entropy_is_entropy_plus_kl(batch: tuple) -> None:
+    rng, shape = batch
+    p, q = random_probs(rng, shape), random_probs(rng, shape)
+    h_pq = crossent.cross_entropy(target_probs=p, pred_probs=q)
+    h_plus_d = crossent.entropy(p) + crossent.kl_divergence(target_probs=p, pred_probs=q)
+    np.testing.assert_allclose(h_pq, h_plus_d, rtol=1e-12, atol=1e-12)
+
+
+@given(batches())
+def test_nll_of_one_hot_targets_is_their_cross_entropy(batch: tuple) -> None:
+    rng, (rows, classes) = batch
+    z = random_logits(rng, (rows, classes))
+    y = np.array([rng.choice(np.flatnonzero(np.isfinite(row))) for row in z])
+    one_hot = np.eye(classes)[y]
+    as_nll = crossent.nll(target_index=y, pred_logits=z)
+    np.testing.assert_array_equal(as_nll, crossent.cross_entropy(target_index=y, pred_logits=z))
+    np.testing.assert_allclose(
+        as_nll, crossent.cross_entropy(target_probs=one_hot, pred_logits=z), rtol=1e-15
+    )
+    np.testing.assert_allclose(
+        as_nll, crossent.kl_divergence(target_probs=one_hot, pred_logits=z), rtol=1e-15
+    )
+
+
+@given(batches())
+def test_batch_nll_is_the_sum_and_mean_is_per_example(batch: tuple) -> None:
+    rng, (rows, classes) = batch
+    q = random_probs(rng, (rows, classes), zero_fraction=0.0)
+    y = rng.integers(0, classes, size=rows)
+    per_example = crossent.nll(target_index=y, pred_probs=q)
+    total = crossent.nll(target_index=y, pred_probs=q, reduction="sum")
+    mean = crossent.nll(target_index=y, pred_probs=q, reduction="mean")
+    assert per_example.shape == (rows,)
+    assert total == pytest.approx(per_example.sum(), rel=1e-14)
+    assert mean == pytest.approx(total / rows, rel=1e-14)
+    # The batch NLL is minus the log of the joint likelihood Π_i q_i(y_i) (SEED.md §6).
+    assert total == pytest.approx(-np.log2(np.prod(q[np.arange(rows), y])), rel=1e-12)
+
+
+@given(batches())
+def test_base_conversion_and_perplexity(batch: tuple) -> None:
+    rng, shape = batch
+    p = random_probs(rng, shape)
+    bits, nats, hartleys = (crossent.entropy(p, base=b) for b in (2, math.e, 10))
+    np.testing.assert_allclose(bits * math.log(2), nats, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(hartleys * math.log(10), nats, rtol=1e-14, atol=1e-15)
+    per_row = crossent.perplexity(target_probs=p, reduction="none")
+    np.testing.assert_allclose(per_row, 2.0**bits, rtol=1e-13)
+    np.testing.assert_allclose(per_row, np.exp(nats), rtol=1e-13)
+    assert crossent.perplexity(target_probs=p) == pytest.approx(2.0 ** np.mean(bits), rel=1e-13)
+
+
+@given(batches())
+def test_same_minimiser_kl_ce_and_nll_have_equal_gradients(batch: tuple) -> None:
+    """D(p ‖ q) − H(p, q) = −H(p) does not depend on the model, so their gradients agree."""
+    rng, shape = batch
+    p, logits = random_probs(rng, shape), torch.from_numpy(rng.normal(size=shape))
+    grads = []
+    for measure in (crossent.cross_entropy, crossent.kl_divergence):
+        z = logits.clone().requires_grad_(True)
+        measure(target_probs=torch.from_numpy(p), pred_logits=z, reduction="sum").backward()
+        grads.append(z.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
+@given(batches(max_rows=3, max_classes=4))
+def test_class_axis_can_be_any_axis(batch: tuple) -> None:
+    rng, (rows, classes) = batch
+    p = random_probs(rng, (rows, 2, classes))
+    q = random_probs(rng, (rows, 2, classes))
+    last = crossent.kl_divergence(target_probs=p, pred_probs=q)
+    first = crossent.kl_divergence(
+        target_probs=np.moveaxis(p, -1, 0), pred_probs=np.moveaxis(q, -1, 0), dim=0
+    )
+    np.testing.assert_array_equal(last, first)
+    assert last.shape == (rows, 2)
+
+
+@given(batches())
+def test_probs_log_probs_and_logits_describe_the_same_distribution(batch: tuple) -> None:
+    rng, shape = batch
+    z = random_logits(rng, shape)
+    log_p = torch.log_softmax(torch.from_numpy(z), dim=-1).numpy()
+    p = np.exp(log_p)
+    values = [
+        crossent.entropy(logits=z),
+        crossent.entropy(log_probs=log_p),
+        crossent.entropy(p),
+    ]
+    for value in values[1:]:
+        np.testing.assert_allclose(value, values[0], rtol=1e-12, atol=1e-14)
