@@ -125,3 +125,36 @@ def test_probs_log_probs_and_logits_describe_the_same_distribution(batch: tuple)
     ]
     for value in values[1:]:
         np.testing.assert_allclose(value, values[0], rtol=1e-12, atol=1e-14)
+
+
+@given(batches())
+def test_fused_and_differentiable_paths_give_the_same_values(batch: tuple) -> None:
+    """Probabilities without gradients take one fused kernel per term; with them, _ops."""
+    rng, shape = batch
+    p, q = (torch.from_numpy(random_probs(rng, shape)) for _ in range(2))
+    for measure in (crossent.cross_entropy, crossent.kl_divergence):
+        fused = measure(target_probs=p, pred_probs=q)
+        differentiable = measure(target_probs=p, pred_probs=q.clone().requires_grad_(True))
+        torch.testing.assert_close(fused, differentiable.detach(), rtol=1e-13, atol=1e-14)
+
+
+@given(batches(max_rows=9))
+def test_blocks_of_rows_give_the_values_of_the_whole_batch(batch: tuple) -> None:
+    """Without autograd the CPU path runs over blocks of rows; shrink them to a few rows."""
+    rng, (rows, classes) = batch
+    p = torch.from_numpy(random_probs(rng, (3, rows, classes)))
+    z = torch.from_numpy(random_logits(rng, (3, rows, classes)))
+    y = torch.from_numpy(rng.integers(0, classes, size=(3, rows)))
+    calls = [
+        lambda p, z: crossent.entropy(logits=z),
+        lambda p, z: crossent.cross_entropy(target_probs=p, pred_logits=z),
+        lambda p, z: crossent.kl_divergence(target_probs=p, pred_probs=torch.softmax(z, -1)),
+        lambda p, z: crossent.nll(target_index=y, pred_log_probs=torch.log_softmax(z, -1)),
+    ]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(crossent.measures, "_BLOCK_ELEMENTS", 2 * classes)  # two rows a block
+        blockwise = [call(p, z) for call in calls]
+    with_autograd = [call(p, z.clone().requires_grad_(True)).detach() for call in calls]
+    for got, expected in zip(blockwise, with_autograd, strict=True):
+        assert got.shape == (3, rows)
+        torch.testing.assert_close(got, expected, rtol=1e-13, atol=1e-14)

@@ -83,15 +83,20 @@ def choose_one(role: str, **given: object) -> tuple[str, object]:
 
 
 def check_same_shape(
-    name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor, *, drop_last_of_b: bool = False
+    name_a: str,
+    shape_a: torch.Size,
+    name_b: str,
+    shape_b: torch.Size,
+    *,
+    drop_last_of_b: bool = False,
 ) -> None:
     """Two arrays describe the same rows (and classes, unless ``b``'s last axis is dropped)."""
-    expected = b.shape[:-1] if drop_last_of_b else b.shape
-    if a.shape != expected:
+    expected = shape_b[:-1] if drop_last_of_b else shape_b
+    if shape_a != expected:
         rule = "the shape of" + (f" `{name_b}` without its class axis" if drop_last_of_b else "")
         target = "" if drop_last_of_b else f" `{name_b}`"
         raise ValueError(
-            f"`{name_a}` must have {rule}{target}: {tuple(expected)}; got {tuple(a.shape)}"
+            f"`{name_a}` must have {rule}{target}: {tuple(expected)}; got {tuple(shape_a)}"
         )
 
 
@@ -143,16 +148,22 @@ def check_logits(name: str, logits: torch.Tensor, dim: int) -> None:
     """Logits: real numbers or −inf (probability 0), and at least one finite value per row."""
     if logits.numel() == 0:
         return
-    bad = torch.isnan(logits) | (logits == math.inf)
-    if bool(bad.any()):
+    lowest, highest = torch.aminmax(logits)  # NaN propagates to both
+    if bool(torch.isnan(highest)) or bool(highest == math.inf):
+        bad = torch.isnan(logits) | (logits == math.inf)
         _raise_at(name, "must be real numbers or -inf, not NaN or +inf", bad, logits, dim)
-    empty_rows = (logits == -math.inf).all(dim=-1)
+    empty_rows = logits.amax(dim=-1) == -math.inf
     if bool(empty_rows.any()):
         raise ValueError(
-            f"`{name}`: {_row(_first(empty_rows))} is -inf everywhere, which gives no distribution "
-            "(at least one class needs a finite logit)"
+            f"`{name}`: {_row(_first(empty_rows))} is -inf everywhere, which gives no "
+            "distribution (at least one class needs a finite logit)"
         )
-    if logits.shape[-1] > 1 and _looks_like_probs(logits):
+    if (
+        logits.shape[-1] > 1
+        and bool(lowest >= 0)
+        and bool(highest <= 1)
+        and _rows_sum_to_one(logits)
+    ):
         warnings.warn(
             f"every row of `{name}` is non-negative and sums to 1: these look like probabilities, "
             f"which softmax would distort; pass them as `{_sibling(name, 'probs')}=`",
@@ -181,10 +192,12 @@ def check_index(name: str, index: torch.Tensor, num_classes: int) -> None:
 
 
 def _looks_like_probs(tensor: torch.Tensor) -> bool:
-    """Every row non-negative and summing to 1."""
-    finite = tensor.isfinite().all()
-    if not bool(finite) or bool((tensor < 0).any()):
-        return False
+    """Every entry in [0, 1] and every row summing to 1."""
+    lowest, highest = torch.aminmax(tensor)
+    return bool(lowest >= 0) and bool(highest <= 1) and _rows_sum_to_one(tensor)
+
+
+def _rows_sum_to_one(tensor: torch.Tensor) -> bool:
     return bool(((tensor.sum(dim=-1) - 1).abs() <= sum_tolerance(tensor.dtype)).all())
 
 

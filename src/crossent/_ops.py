@@ -70,17 +70,28 @@ class _Exp(torch.autograd.Function):
 
 def times_log(weight: torch.Tensor, log_value: torch.Tensor) -> torch.Tensor:
     """``weight · log_value`` with 0 · (±inf) = 0; ``weight`` must be finite."""
+    if not tracked(weight, log_value):
+        return _TimesLog.forward(weight, log_value)
     result: torch.Tensor = _TimesLog.apply(weight, log_value)  # type: ignore[no-untyped-call]
     return result
 
 
 def log(x: torch.Tensor) -> torch.Tensor:
     """Natural log, −inf at 0, with a gradient that is 0 wherever the upstream gradient is 0."""
+    if not tracked(x):
+        return torch.log(x)
     result: torch.Tensor = _Log.apply(x)  # type: ignore[no-untyped-call]
     return result
 
 
 def exp(x: torch.Tensor) -> torch.Tensor:
     """exp, with a gradient that is 0 where exp x = 0 (x = −inf), whatever flows into it."""
+    if not tracked(x):
+        return torch.exp(x)
     result: torch.Tensor = _Exp.apply(x)  # type: ignore[no-untyped-call]
     return result
+
+
+def tracked(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records an operation on these tensors (else the plain forward will do)."""
+    return torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)
