@@ -69,6 +69,8 @@ class _Distributions:
         return _Distributions(self.given.reshape(-1, self.shape[-1])[start:stop], self.kind)
 
 
+_Operand = _Distributions | torch.Tensor  # distributions, or observed class indices
+
 _CHECKS = {  # how each representation is checked
     "log_probs": _checks.check_log_probs,
     "probs": _checks.check_probs,
@@ -135,8 +137,6 @@ def _read_pair(
 # of rows whose temporaries stay in the L2 cache: one pass over the data in memory instead of
 # one per operation, and no page faults from allocating full-size temporaries.
 _BLOCK_ELEMENTS = 1 << 16
-
-_Operand = _Distributions | torch.Tensor  # distributions, or observed class indices
 
 
 def _per_distribution(
@@ -327,8 +327,8 @@ def kl_divergence(
     with the code built for the model q (the **pred**) instead of p's own code (SEED.md §5).
     D ≥ 0, with equality iff q = p; it is not symmetric. As a classifier loss its H(p) term does
     not depend on the model, so minimising D, H(p, q) or the NLL gives the same parameters.
-    Computed term by term, Σ p (log p − log q), not as a difference of two sums, so that a
-    small divergence keeps its relative precision.
+    Computed term by term, Σ p log(p / q) (or Σ p (log p − log q) when gradients are needed),
+    not as a difference of two sums, so that D(p ‖ p) is exactly 0.
 
     Args: as :func:`cross_entropy` (``target_index`` is a one-hot p, for which D = H(p, q)).
 
