@@ -193,6 +193,14 @@ def _kl_divergence_nats(target: _Operand, pred: _Distributions) -> torch.Tensor:
     return _ops.times_log(p, target.log_probs - pred.log_probs).sum(dim=-1)
 
 
+def _pairwise(nats: Callable[..., torch.Tensor], arguments: dict[str, Any]) -> Any:
+    """A measure of a target and a pred, from the arguments (``locals()``) of a public function."""
+    given = _split_roles(arguments)
+    target, pred = _read_pair(given, arguments["dim"], arguments["validate"])
+    values = _per_distribution(nats, target, pred, shape=pred.shape[:-1])
+    return _finish(values, arguments["base"], arguments["reduction"], given)
+
+
 def _reduce(values: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     if reduction == "sum":
         return values.sum()
@@ -301,10 +309,7 @@ def cross_entropy(
     >>> float(cross_entropy(target_index=[0, 2], pred_probs=[f, f], reduction="sum"))
     3.0
     """
-    given = _split_roles(locals())
-    target, pred = _read_pair(given, dim, validate)
-    nats = _per_distribution(_cross_entropy_nats, target, pred, shape=pred.shape[:-1])
-    return _finish(nats, base, reduction, given)
+    return _pairwise(_cross_entropy_nats, locals())
 
 
 def kl_divergence(
@@ -341,10 +346,7 @@ def kl_divergence(
     >>> bool(abs(d - (cross_entropy(target_probs=g, pred_probs=f) - entropy(g))) < 1e-12)
     True
     """
-    given = _split_roles(locals())
-    target, pred = _read_pair(given, dim, validate)
-    nats = _per_distribution(_kl_divergence_nats, target, pred, shape=pred.shape[:-1])
-    return _finish(nats, base, reduction, given)
+    return _pairwise(_kl_divergence_nats, locals())
 
 
 def nll(
@@ -377,10 +379,7 @@ def nll(
     >>> float(nll(target_index=[1, 2], pred_probs=[[0.5, 0.25, 0.25]] * 2, reduction="sum"))
     4.0
     """
-    given = _split_roles(locals())
-    target, pred = _read_pair(given, dim, validate)
-    nats = _per_distribution(_cross_entropy_nats, target, pred, shape=pred.shape[:-1])
-    return _finish(nats, base, reduction, given)
+    return _pairwise(_cross_entropy_nats, locals())
 
 
 def perplexity(
