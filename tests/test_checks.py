@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -76,7 +77,7 @@ def test_shapes_must_match() -> None:
         crossent.cross_entropy(target_probs=P[:1], pred_probs=P)
     with pytest.raises(
         ValueError,
-        match=r"`target_index` must have the shape of `pred_\*` without its class axis: "
+        match=r"`target_index` must have the shape of `pred_probs` without its class axis 1: "
         r"\(2,\); got \(3,\)",
     ):
         crossent.nll(target_index=[0, 1, 1], pred_probs=P)
@@ -161,3 +162,53 @@ def test_low_precision_probabilities_are_checked_with_their_own_tolerance() -> N
     assert crossent.entropy(p).dtype == torch.float32
     with pytest.raises(ValueError, match=r"within 3.1e-02 for bfloat16"):
         crossent.entropy(torch.tensor([0.3, 0.3, 0.3], dtype=torch.bfloat16))
+
+
+def test_shape_messages_use_the_callers_layout_when_classes_are_not_last() -> None:
+    with pytest.raises(ValueError, match=r"`pred_probs`: \(2, 3, 4\); got \(2, 3, 5\)"):
+        crossent.cross_entropy(
+            target_probs=np.full((2, 3, 5), 1 / 3), pred_probs=np.full((2, 3, 4), 1 / 3), dim=1
+        )
+    with pytest.raises(ValueError, match=r"without its class axis 0: \(4,\); got \(2,\)"):
+        crossent.nll(target_index=[0, 1], pred_probs=np.full((3, 4), 1 / 3), dim=0)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.uint64, np.int32])
+def test_class_indices_of_any_integer_dtype(dtype: type) -> None:
+    index = np.array([2, 0], dtype=dtype)
+    assert crossent.nll(target_index=index, pred_probs=[[0.25, 0.25, 0.5]] * 2).tolist() == [1, 2]
+
+
+def test_empty_and_scalar_class_indices() -> None:
+    assert crossent.nll(target_index=[], pred_probs=np.zeros((0, 3))).shape == (0,)
+    assert crossent.nll(target_index=1, pred_probs=[0.5, 0.5]) == 1.0
+    with pytest.raises(ValueError, match=r"must be class indices in \[0, 2\); got 5$"):
+        crossent.nll(target_index=5, pred_probs=[0.5, 0.5])
+
+
+def test_arrays_torch_cannot_read_get_a_message_naming_the_argument() -> None:
+    with pytest.raises(
+        TypeError, match=r"`probs` must hold numbers of 64 bits at most; got dtype float128"
+    ):
+        crossent.entropy(np.full(2, 0.5, dtype=np.longdouble))
+    with pytest.raises(
+        TypeError, match=r"`probs` must be an array of real numbers; got dtype torch.complex64"
+    ):
+        crossent.entropy(torch.tensor([0.5 + 0j, 0.5]))
+    with pytest.raises(TypeError, match=r"`pred_logits` must be an array of numbers"):
+        crossent.nll(target_index=[0], pred_logits=[[torch.tensor(1.0, requires_grad=True)]])
+
+
+def test_unaligned_big_endian_and_read_only_arrays_are_read_without_warnings() -> None:
+    record = np.zeros(2, dtype=[("flag", "i1"), ("p", ">f8")])  # unaligned, big-endian field
+    record["p"] = 0.5
+    read_only = np.broadcast_to(np.array([0.5, 0.5]), (3, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert crossent.entropy(record["p"]) == 1.0
+        assert crossent.entropy(read_only).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_values_in_messages_are_shown_at_their_precision() -> None:
+    with pytest.raises(ValueError, match=r"got -0.1 at position \(2,\)"):
+        crossent.entropy(np.array([0.6, 0.5, -0.1], dtype=np.float32))

@@ -7,6 +7,7 @@ formulas written out in the test.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -99,9 +100,13 @@ def test_probabilities_passed_as_log_probabilities_are_caught() -> None:
         crossent.nll(target_index=[1, 0], pred_probs=np.log(probs))
 
 
-def test_probabilities_passed_as_logits_warn() -> None:
-    with pytest.warns(UserWarning, match=r"look like probabilities.*`pred_probs=`"):
+def test_probabilities_passed_as_logits_warn_at_the_callers_line() -> None:
+    with pytest.warns(UserWarning, match=r"look like probabilities.*`pred_probs=`") as caught:
         crossent.nll(target_index=[1, 0], pred_logits=[[0.2, 0.8], [0.6, 0.4]])
+    assert caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        crossent.entropy(logits=[0.0, 1.0])  # plausible logits: no warning
 
 
 def test_float16_logits_at_the_edge_of_their_range_are_computed_in_float32() -> None:
@@ -143,3 +148,33 @@ def test_entropy_of_a_certain_outcome_is_plus_zero() -> None:
 def test_single_class_has_zero_entropy_and_zero_nll() -> None:
     assert crossent.entropy(logits=[[3.0], [-2.0]]).tolist() == [0.0, 0.0]
     assert crossent.nll(target_index=[0], pred_logits=[[5.0]]).tolist() == [0.0]
+
+
+@pytest.mark.parametrize(
+    ("q_tiny", "dtype"),
+    [(1e-320, np.float64), (1e-39, np.float32)],  # subnormal model mass
+)
+def test_kl_with_a_subnormal_model_probability_is_finite(q_tiny: float, dtype: type) -> None:
+    # Found in review: log(p / q) overflowed p / q to inf where D = H(p, q) − H(p) is finite.
+    p = np.array([1.0, 0.0], dtype=dtype)
+    q = np.array([q_tiny, 1.0], dtype=dtype)
+    d = crossent.kl_divergence(target_probs=p, pred_probs=q, base=math.e)
+    assert math.isfinite(d)
+    assert d == pytest.approx(-math.log(float(q[0])), rel=1e-6)
+    tracked = crossent.kl_divergence(
+        target_probs=torch.from_numpy(p), pred_probs=torch.from_numpy(q).requires_grad_(True)
+    )
+    assert tracked.item() == pytest.approx(
+        float(crossent.kl_divergence(target_probs=p, pred_probs=q))
+    )
+
+
+@pytest.mark.parametrize(
+    "pred",
+    [{"pred_probs": [1.0, 0.0]}, {"pred_log_probs": [0.0, -INF]}, {"pred_logits": [0.0, -INF]}],
+)
+def test_kl_gradient_in_the_target_where_both_rule_a_class_out_is_not_nan(pred: dict) -> None:
+    # Found in review: −inf − (−inf) = NaN reached ∂D/∂p for a class with p = q = 0.
+    p = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    crossent.kl_divergence(target_probs=p, **pred, validate=False).backward()
+    assert p.grad.tolist() == [1 / math.log(2), 0.0]  # d/dp p log2(p/q) = log2(p/q) + 1/ln 2

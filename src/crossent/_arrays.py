@@ -7,6 +7,7 @@ on their device, with autograd.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -17,19 +18,29 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats
 
 
-def to_tensor(name: str, value: Any) -> torch.Tensor:
-    """``value`` as a tensor: torch tensors as they are, anything array-like through NumPy."""
+def to_tensor(name: str, value: Any, device: torch.device | None = None) -> torch.Tensor:
+    """``value`` as a tensor: torch tensors as they are, anything array-like through NumPy.
+
+    Array-likes go to ``device`` (that of the other arguments' tensors) when one is given.
+    """
     if isinstance(value, torch.Tensor):
+        if value.is_complex():
+            raise TypeError(f"`{name}` must be an array of real numbers; got dtype {value.dtype}")
         return value
     try:
         array = np.asarray(value)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RuntimeError) as error:
         raise TypeError(f"`{name}` must be an array of numbers; got {_describe(value)}") from error
     if array.dtype.kind not in _NUMERIC_KINDS:
         raise TypeError(f"`{name}` must be an array of numbers; got dtype {array.dtype}")
-    if not array.dtype.isnative or any(stride < 0 for stride in array.strides):
+    if array.dtype.itemsize > 8:
+        raise TypeError(f"`{name}` must hold numbers of 64 bits at most; got dtype {array.dtype}")
+    if not (array.dtype.isnative and array.flags.aligned) or any(s < 0 for s in array.strides):
         array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
-    return torch.from_numpy(array)
+    with warnings.catch_warnings():  # read-only arrays are fine: crossent never writes inputs
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensor = torch.from_numpy(array)
+    return tensor if device is None else tensor.to(device)
 
 
 def floating(tensor: torch.Tensor) -> torch.Tensor:

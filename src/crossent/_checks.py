@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import sys
 import warnings
+from types import FrameType
 from typing import Literal
 
 import torch
@@ -83,20 +86,17 @@ def choose_one(role: str, **given: object) -> tuple[str, object]:
 
 
 def check_same_shape(
-    name_a: str,
-    shape_a: torch.Size,
-    name_b: str,
-    shape_b: torch.Size,
-    *,
-    drop_last_of_b: bool = False,
+    name_a: str, shape_a: torch.Size, name_b: str, shape_b: torch.Size, *, drop: int | None = None
 ) -> None:
-    """Two arrays describe the same rows (and classes, unless ``b``'s last axis is dropped)."""
-    expected = shape_b[:-1] if drop_last_of_b else shape_b
+    """``a`` has the shape of ``b`` (without ``b``'s class axis ``drop``, if given).
+
+    Shapes are the caller's, before the class axis was moved last.
+    """
+    expected = shape_b if drop is None else shape_b[:drop] + shape_b[drop + 1 :]
     if shape_a != expected:
-        rule = "the shape of" + (f" `{name_b}` without its class axis" if drop_last_of_b else "")
-        target = "" if drop_last_of_b else f" `{name_b}`"
+        of_b = f"`{name_b}`" if drop is None else f"`{name_b}` without its class axis {drop}"
         raise ValueError(
-            f"`{name_a}` must have {rule}{target}: {tuple(expected)}; got {tuple(shape_a)}"
+            f"`{name_a}` must have the shape of {of_b}: {tuple(expected)}; got {tuple(shape_a)}"
         )
 
 
@@ -148,7 +148,7 @@ def check_logits(name: str, logits: torch.Tensor, dim: int) -> None:
     """Logits: real numbers or −inf (probability 0), and at least one finite value per row."""
     if logits.numel() == 0:
         return
-    lowest, highest = torch.aminmax(logits)  # NaN propagates to both
+    highest = logits.max()  # NaN propagates
     if bool(torch.isnan(highest)) or bool(highest == math.inf):
         bad = torch.isnan(logits) | (logits == math.inf)
         _raise_at(name, "must be real numbers or -inf, not NaN or +inf", bad, logits, dim)
@@ -158,43 +158,51 @@ def check_logits(name: str, logits: torch.Tensor, dim: int) -> None:
             f"`{name}`: {_row(_first(empty_rows))} is -inf everywhere, which gives no "
             "distribution (at least one class needs a finite logit)"
         )
-    if (
-        logits.shape[-1] > 1
-        and bool(lowest >= 0)
-        and bool(highest <= 1)
-        and _rows_sum_to_one(logits)
-    ):
+    if _looks_like_probs(logits):
         warnings.warn(
             f"every row of `{name}` is non-negative and sums to 1: these look like probabilities, "
             f"which softmax would distort; pass them as `{_sibling(name, 'probs')}=`",
             UserWarning,
-            stacklevel=4,
+            stacklevel=_caller_stacklevel(),
         )
 
 
-def check_index(name: str, index: torch.Tensor, num_classes: int) -> None:
-    """Class indices: integers in [0, num_classes)."""
-    if index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
+def as_class_index(name: str, index: torch.Tensor) -> torch.Tensor:
+    """Class indices must be integers; returned as int64, the dtype indexing wants."""
+    if index.numel() > 0 and (index.dtype == torch.bool or index.is_floating_point()):
         raise TypeError(
             f"`{name}` must hold integer class indices; got dtype {_dtype(index)}"
             " (convert with .astype(int) / .long() if the values are whole numbers)"
         )
+    return index.long()
+
+
+def check_index_range(name: str, index: torch.Tensor, num_classes: int) -> None:
+    """Class indices (int64) must lie in [0, num_classes)."""
     if index.numel() == 0:
         return
     lowest, highest = torch.aminmax(index)
     if bool(lowest < 0) or bool(highest >= num_classes):
-        bad = (index < 0) | (index >= num_classes)
-        position = _first(bad)
+        position = _first((index < 0) | (index >= num_classes))
+        where = f" at position {position}" if position else ""
         raise ValueError(
             f"`{name}` must be class indices in [0, {num_classes}); "
-            f"got {index[position].item()} at position {position}"
+            f"got {index[position].item()}{where}"
         )
 
 
 def _looks_like_probs(tensor: torch.Tensor) -> bool:
-    """Every entry in [0, 1] and every row summing to 1."""
+    """Two or more classes, every entry in [0, 1], not all 0 or 1, every row summing to 1.
+
+    Rows such as logits [0, 1] are plausible logits, hence the 'not all 0 or 1'.
+    """
+    if tensor.shape[-1] < 2:
+        return False
     lowest, highest = torch.aminmax(tensor)
-    return bool(lowest >= 0) and bool(highest <= 1) and _rows_sum_to_one(tensor)
+    if not (bool(lowest >= 0) and bool(highest <= 1)):
+        return False
+    fractional = bool(((tensor > 0) & (tensor < 1)).any())
+    return fractional and _rows_sum_to_one(tensor)
 
 
 def _rows_sum_to_one(tensor: torch.Tensor) -> bool:
@@ -239,11 +247,27 @@ def _raise_at(
 ) -> None:
     """Raise ValueError naming the first bad value and its position in the caller's layout."""
     position = _first(bad)
-    value = values[position].item()
+    value = _show(values[position].item(), values.dtype)
     caller_position = position[:-1]
     caller_position = caller_position[:dim] + position[-1:] + caller_position[dim:]
     suffix = f"; {hint}" if hint else ""
-    raise ValueError(f"`{name}` {rule}; got {value!r} at position {caller_position}{suffix}")
+    raise ValueError(f"`{name}` {rule}; got {value} at position {caller_position}{suffix}")
+
+
+def _caller_stacklevel() -> int:
+    """The stack level of the first frame outside crossent, for warnings.warn."""
+    package = os.path.dirname(__file__)
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _show(value: float, dtype: torch.dtype) -> str:
+    """``value`` with the digits its dtype holds: 0.1 in float32 shows as 0.1, not 0.100000001."""
+    digits = int(-math.log10(torch.finfo(dtype).eps)) + 1
+    return repr(float(f"{value:.{digits}g}"))
 
 
 def _row(position: tuple[int, ...]) -> str:

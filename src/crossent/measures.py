@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -64,9 +65,13 @@ class _Distributions:
             self._log_probs = _ops.log(given) if self.given_as_probs else given.log_softmax(-1)
         return self._log_probs
 
+    def flat(self) -> _Distributions:
+        """The same distributions as one (rows, classes) matrix (a view where the layout allows)."""
+        return _Distributions(self.given.reshape(-1, self.shape[-1]), self.kind)
+
     def rows(self, start: int, stop: int) -> _Distributions:
-        """Distributions ``start:stop`` of the batch, counted in row-major order."""
-        return _Distributions(self.given.reshape(-1, self.shape[-1])[start:stop], self.kind)
+        """Rows ``start:stop`` of a flat batch."""
+        return _Distributions(self.given[start:stop], self.kind)
 
 
 _Operand = _Distributions | torch.Tensor  # distributions, or observed class indices
@@ -83,25 +88,37 @@ def _representation(name: str) -> str:
     return next(kind for kind in _CHECKS if name == kind or name.endswith(f"_{kind}"))
 
 
-def _read_distributions(name: str, value: ArrayLike, dim: int, validate: bool) -> _Distributions:
+@dataclass(frozen=True)
+class _Argument:
+    """One distribution argument as the caller passed it: its name, shape and class axis."""
+
+    name: str
+    dist: _Distributions
+    shape: torch.Size
+    axis: int
+
+
+def _read_distributions(
+    name: str, value: ArrayLike, dim: int, validate: bool, device: torch.device | None = None
+) -> _Argument:
     """Check one argument (``pred_logits``, ...) and move its classes to the last axis."""
-    tensor = floating(to_tensor(name, value))
+    tensor = floating(to_tensor(name, value, device))
     axis = _checks.check_dim(dim, name, tensor)
-    tensor = tensor.movedim(axis, -1)
-    _checks.check_num_classes(name, tensor)
+    moved = tensor.movedim(axis, -1)
+    _checks.check_num_classes(name, moved)
     kind = _representation(name)
     if validate:
-        _CHECKS[kind](name, tensor, axis)
-    return _Distributions(compute_precision(tensor), kind)
+        _CHECKS[kind](name, moved, axis)
+    return _Argument(name, _Distributions(compute_precision(moved), kind), tensor.shape, axis)
 
 
-def _read_index(name: str, value: ArrayLike, pred: _Distributions, validate: bool) -> torch.Tensor:
+def _read_index(name: str, value: ArrayLike, pred: _Argument, validate: bool) -> torch.Tensor:
     """Check observed class indices against the predictions' rows and classes."""
-    index = to_tensor(name, value)
-    if validate or index.is_floating_point():
-        _checks.check_index(name, index, pred.shape[-1])
-    _checks.check_same_shape(name, index.shape, "pred_*", pred.shape, drop_last_of_b=True)
-    return index.long()
+    index = _checks.as_class_index(name, to_tensor(name, value, pred.dist.given.device))
+    _checks.check_same_shape(name, index.shape, pred.name, pred.shape, drop=pred.axis)
+    if validate:
+        _checks.check_index_range(name, index, pred.dist.shape[-1])
+    return index
 
 
 def _split_roles(arguments: dict[str, Any]) -> dict[str, ArrayLike]:
@@ -122,15 +139,17 @@ def _read_pair(
     if pred_optional and all(v is None for v in preds.values()):
         if target_name == "target_index":
             raise TypeError("`target_index` needs a model: pass one of `pred_probs=`, ...")
-        itself = _read_distributions(target_name, target_value, dim, validate)
+        itself = _read_distributions(target_name, target_value, dim, validate).dist
         return itself, itself
-    pred_name, pred_value = _checks.choose_one("model (pred) distribution", **preds)
-    pred = _read_distributions(pred_name, pred_value, dim, validate)
+    pred = _read_distributions(
+        *_checks.choose_one("model (pred) distribution", **preds), dim, validate
+    )
     if target_name == "target_index":
-        return _read_index(target_name, target_value, pred, validate), pred
-    target = _read_distributions(target_name, target_value, dim, validate)
-    _checks.check_same_shape(target_name, target.shape, pred_name, pred.shape)
-    return target, pred
+        return _read_index(target_name, target_value, pred, validate), pred.dist
+    device = pred.dist.given.device
+    target = _read_distributions(target_name, target_value, dim, validate, device)
+    _checks.check_same_shape(target.name, target.shape, pred.name, pred.shape)
+    return target.dist, pred.dist
 
 
 # On the CPU, when no gradient is needed (NumPy data, evaluation), a measure runs over blocks
@@ -145,12 +164,13 @@ def _per_distribution(
     """``nats(*operands)``: one value per distribution, ``shape`` = the batch's leading axes."""
     tensors = [op.given if isinstance(op, _Distributions) else op for op in operands]
     rows = shape.numel()
-    classes = next(op.shape[-1] for op in operands if isinstance(op, _Distributions))
     if _ops.tracked(*tensors) or tensors[0].device.type != "cpu" or rows == 0:
         return nats(*operands)
+    flat = [op.flat() if isinstance(op, _Distributions) else op.reshape(-1) for op in operands]
+    classes = next(op.shape[-1] for op in flat if isinstance(op, _Distributions))
     step = max(1, _BLOCK_ELEMENTS // classes)
     blocks = [
-        nats(*(_rows(op, start, start + step) for op in operands)) for start in range(0, rows, step)
+        nats(*(_rows(op, start, start + step) for op in flat)) for start in range(0, rows, step)
     ]
     return torch.cat(blocks).reshape(shape)
 
@@ -158,7 +178,7 @@ def _per_distribution(
 def _rows(operand: _Operand, start: int, stop: int) -> _Operand:
     if isinstance(operand, _Distributions):
         return operand.rows(start, stop)
-    return operand.reshape(-1)[start:stop]
+    return operand[start:stop]
 
 
 def _entropy_nats(dist: _Distributions) -> torch.Tensor:
@@ -182,23 +202,28 @@ def _log_prob_of(pred: _Distributions, index: torch.Tensor) -> torch.Tensor:
 
 
 def _kl_divergence_nats(target: _Operand, pred: _Distributions) -> torch.Tensor:
-    """D(p ‖ q) = Σ p log(p / q); equal to H(p, q) when p is one-hot, as H(p) = 0."""
+    """D(p ‖ q) = Σ p (log p − log q); equal to H(p, q) when p is one-hot, as H(p) = 0."""
     if isinstance(target, torch.Tensor):
         return _cross_entropy_nats(target, pred)
-    p = target.probs
-    if target.given_as_probs and pred.given_as_probs and not _ops.tracked(p, pred.probs):
-        # One rounding in log(p / q), where log p − log q loses digits to cancellation; the
-        # gradient of p / q at p = q = 0 would be 0/0, hence log p − log q with autograd.
-        return _ops.times_log(p, torch.log(p / pred.probs)).sum(dim=-1)
-    return _ops.times_log(p, target.log_probs - pred.log_probs).sum(dim=-1)
+    log_p, log_q = target.log_probs, pred.log_probs
+    # A class both rule out (log p = log q = −inf) has ratio 0/0 := 1; without this guard its
+    # −inf − (−inf) = NaN would reach the gradient in p, though its term p · 0 is 0.
+    log_ratio = torch.where((log_p == -math.inf) & (log_q == -math.inf), 0.0, log_p - log_q)
+    return _ops.times_log(target.probs, log_ratio).sum(dim=-1)
 
 
-def _pairwise(nats: Callable[..., torch.Tensor], arguments: dict[str, Any]) -> Any:
-    """A measure of a target and a pred, from the arguments (``locals()``) of a public function."""
+def _pairwise(
+    nats: Callable[..., torch.Tensor], arguments: dict[str, Any], *, pred_optional: bool = False
+) -> tuple[torch.Tensor, dict[str, ArrayLike]]:
+    """Per-distribution values of a target/pred measure, from a public function's ``locals()``.
+
+    Also returns the target_* and pred_* arguments, to give the result back in their kind.
+    """
     given = _split_roles(arguments)
-    target, pred = _read_pair(given, arguments["dim"], arguments["validate"])
-    values = _per_distribution(nats, target, pred, shape=pred.shape[:-1])
-    return _finish(values, arguments["base"], arguments["reduction"], given)
+    target, pred = _read_pair(
+        given, arguments["dim"], arguments["validate"], pred_optional=pred_optional
+    )
+    return _per_distribution(nats, target, pred, shape=pred.shape[:-1]), given
 
 
 def _reduce(values: torch.Tensor, reduction: Reduction) -> torch.Tensor:
@@ -259,7 +284,7 @@ def entropy(
     name, value = _checks.choose_one(
         "distribution", probs=probs, log_probs=log_probs, logits=logits
     )
-    dist = _read_distributions(name, value, dim, validate)
+    dist = _read_distributions(name, value, dim, validate).dist
     nats = _per_distribution(_entropy_nats, dist, shape=dist.shape[:-1])
     return _finish(nats, base, reduction, {name: value})
 
@@ -309,7 +334,8 @@ def cross_entropy(
     >>> float(cross_entropy(target_index=[0, 2], pred_probs=[f, f], reduction="sum"))
     3.0
     """
-    return _pairwise(_cross_entropy_nats, locals())
+    nats, given = _pairwise(_cross_entropy_nats, locals())
+    return _finish(nats, base, reduction, given)
 
 
 def kl_divergence(
@@ -346,7 +372,8 @@ def kl_divergence(
     >>> bool(abs(d - (cross_entropy(target_probs=g, pred_probs=f) - entropy(g))) < 1e-12)
     True
     """
-    return _pairwise(_kl_divergence_nats, locals())
+    nats, given = _pairwise(_kl_divergence_nats, locals())
+    return _finish(nats, base, reduction, given)
 
 
 def nll(
@@ -379,7 +406,8 @@ def nll(
     >>> float(nll(target_index=[1, 2], pred_probs=[[0.5, 0.25, 0.25]] * 2, reduction="sum"))
     4.0
     """
-    return _pairwise(_cross_entropy_nats, locals())
+    nats, given = _pairwise(_cross_entropy_nats, locals())
+    return _finish(nats, base, reduction, given)
 
 
 def perplexity(
@@ -411,9 +439,6 @@ def perplexity(
     >>> float(perplexity(target_probs=[0.25, 0.25, 0.25, 0.25]))
     4.0
     """
-    given = _split_roles(locals())
-    target, pred = _read_pair(given, dim, validate, pred_optional=True)
     mode = _checks.check_reduction(reduction, allowed=("none", "mean"))
-    nats = _per_distribution(_cross_entropy_nats, target, pred, shape=pred.shape[:-1])
-    nats = _reduce(nats, mode)
-    return to_output(nats.exp(), wants_numpy(list(given.values())))
+    nats, given = _pairwise(_cross_entropy_nats, locals(), pred_optional=True)
+    return to_output(_reduce(nats, mode).exp(), wants_numpy(list(given.values())))
