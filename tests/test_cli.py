@@ -64,6 +64,8 @@ def test_explain_batch_total_is_the_sum_of_the_rows(capsys: pytest.CaptureFixtur
         (["--p", "1/2,1/2"], r"`--p` and `--q` must give one probability per outcome; got 2 and 3"),
         (["--p", "a,b"], r"`--p` must list numbers or fractions such as 1/2,1/4,1/4; got 'a,b'"),
         (["--batch", "0"], r"`--batch` must be at least 1; got 0"),
+        (["--seed", "-1"], r"`--seed` must be a non-negative integer; got -1"),
+        (["--p", "1e400,0,0"], r"`--p` must list numbers or fractions"),
     ],
 )
 def test_explain_rejects_bad_input(
@@ -84,3 +86,23 @@ def test_console_script_help_and_version() -> None:
         [sys.executable, "-m", "crossent", "--help"], capture_output=True, text=True, check=True
     )
     assert "explain" in helped.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        # Dyadic q: the code's mean length is H(q) exactly, whatever the float rounding.
+        (["--q", "1/2,1/4,1/8,1/16,1/32,1/32", "--p", "1/6,1/6,1/6,1/6,1/6,1/6"], "exactly H(q)"),
+        (["--q", "0.3,0.3,0.4", "--p", "0.3,0.3,0.4"], "within one question of H(q)"),
+        (["--p", "1/2,1/2", "--q", "1/2,1/2"], "equal for these two, but not in general"),
+        # q sums to 1 + 1.2e-4, within the tolerance: normalised, so its code still exists.
+        (["--q", "1/2,1/4,1/4,1/8192", "--p", "1/4,1/4,1/4,1/4"], "H(p, q) = −Σ p log2 q"),
+        (["--p", "1/2,1/2", "--q", "1e-320,1"], "D(p ‖ q) = Σ p log2 p/q = 530.5085 bits"),
+    ],
+)
+def test_explain_text_fits_the_numbers(
+    capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    code, out, err = run(capsys, "explain", *argv)
+    assert (code, err) == (0, "")
+    assert expected in " ".join(out.split())

@@ -60,7 +60,7 @@ def parse_distribution(name: str, text: str) -> list[float]:
         raise ValueError(f"`--{name}` must list probabilities such as 1/2,1/4,1/4; got {text!r}")
     try:
         return [float(Fraction(part)) for part in parts]
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, OverflowError):
         raise ValueError(
             f"`--{name}` must list numbers or fractions such as 1/2,1/4,1/4; got {text!r}"
         ) from None
@@ -75,8 +75,9 @@ def run(args: argparse.Namespace, console: Console) -> None:
         )
     if args.batch < 1:
         raise ValueError(f"`--batch` must be at least 1; got {args.batch}")
-    for name, dist in (("--p", p), ("--q", q)):
-        _check(name, dist)
+    if args.seed < 0:
+        raise ValueError(f"`--seed` must be a non-negative integer; got {args.seed}")
+    p, q = _checked("--p", p), _checked("--q", q)
     outcomes = _outcome_names(len(p))
     console.rule("[bold]Cross entropy and log-likelihood, in bits")
     _entropy_step(console, outcomes, q)
@@ -86,8 +87,11 @@ def run(args: argparse.Namespace, console: Console) -> None:
     _batch_step(console, outcomes, p, q, args.batch, args.seed)
 
 
-def _check(option: str, dist: list[float]) -> None:
+def _checked(option: str, dist: list[float]) -> list[float]:
+    """The user's distribution, checked, then normalised exactly (it may be off by rounding)."""
     check_probs(option, torch.tensor(dist, dtype=torch.float64), dim=0)
+    total = math.fsum(dist)
+    return [x / total for x in dist]
 
 
 def _outcome_names(count: int) -> list[str]:
@@ -118,11 +122,16 @@ def _entropy_step(console: Console, outcomes: list[str], q: list[float]) -> None
     console.print(table)
     h_q = float(entropy(q))
     mean_length = expected_length(lengths, q)
+    dyadic = all(math.log2(x).is_integer() for x in q if x > 0)
+    why = (
+        "exactly H(q), as every q(x) > 0 is a power of 1/2"
+        if dyadic
+        else "within one question of H(q), as H(q) ≤ L < H(q) + 1 for this code"
+    )
     console.print(
         f"H(q) = Σ q(x) log2 1/q(x) = [bold]{_bits(h_q)} bits[/]: the expected number of "
-        f"questions. This code (lengths ⌈log2 1/q(x)⌉) asks {_bits(mean_length)} on average"
-        + (" — exactly H(q), as every q(x) is a power of 1/2." if mean_length == h_q else ",")
-        + ("" if mean_length == h_q else " within one question of H(q).")
+        f"questions. This code (lengths ⌈log2 1/q(x)⌉) asks {_bits(mean_length)} on average: "
+        f"{why}."
     )
     console.print()
 
@@ -142,9 +151,15 @@ def _cross_entropy_step(
     h_qp = float(cross_entropy(target_probs=q, pred_probs=p))
     h_p = float(entropy(p))
     code_length = expected_length(shannon_lengths(q), p)
+    order = (
+        f"but H(q, p) = {_bits(h_qp)} bits: the truth weights, the model sits inside the log, "
+        "and the order matters"
+        if not math.isclose(h_pq, h_qp)
+        else f"and H(q, p) = {_bits(h_qp)} bits too: equal for these two, but not in general "
+        "(the truth weights, the model sits inside the log)"
+    )
     console.print(
-        f"H(p, q) = −Σ p log2 q = [bold]{_bits(h_pq)} bits[/], but H(q, p) = {_bits(h_qp)} bits: "
-        "the truth weights, the model sits inside the log, and the order matters.\n"
+        f"H(p, q) = −Σ p log2 q = [bold]{_bits(h_pq)} bits[/], {order}.\n"
         f"p's own best questions need H(p) = {_bits(h_p)} bits ≤ H(p, q) (Gibbs). "
         f"q's code above asks {_bits(code_length)} questions on average when outcomes follow p "
         "(H(p, q) ≤ L < H(p, q) + 1 for this code)."
@@ -155,7 +170,7 @@ def _cross_entropy_step(
 def _kl_step(console: Console, p: list[float], q: list[float]) -> None:
     d = float(kl_divergence(target_probs=p, pred_probs=q))
     difference = float(cross_entropy(target_probs=p, pred_probs=q)) - float(entropy(p))
-    _require(math.isclose(d, difference, abs_tol=1e-12) or d == difference, "D = H(p,q) − H(p)")
+    _require(math.isclose(d, difference, rel_tol=1e-9, abs_tol=1e-12), "D = H(p,q) − H(p)")
     console.print("[bold]3. Kullback–Leibler divergence: the extra questions (§5)[/]")
     console.print(
         f"D(p ‖ q) = Σ p log2 p/q = [bold]{_bits(d)} bits[/] = H(p, q) − H(p) = "
@@ -202,9 +217,9 @@ def _batch_step(
         shown = ", ".join(f"{v:.3f}" for v in pred)
         table.add_row(str(i + 1), outcomes[int(y)], f"({shown})", _bits(float(value)))
     console.print(table)
-    likelihood = float(np.prod(preds[np.arange(size), observed]))
+    likelihood = f"2^-{total:.1f}" if total > 1000 else f"{2.0**-total:.4g}"  # no underflow
     console.print(
-        f"Batch NLL = −log2 Π q⁽ⁱ⁾(yᵢ) = −log2 {likelihood:.4g} = [bold]{_bits(total)} bits[/] "
+        f"Batch NLL = −log2 Π q⁽ⁱ⁾(yᵢ) = −log2 {likelihood} = [bold]{_bits(total)} bits[/] "
         f"(total, reduction='sum') = the sum of the per-example cross entropies; "
         f"per example (reduction='mean'): {_bits(total / size)} bits."
     )
