@@ -113,7 +113,7 @@ def check_probs(name: str, probs: torch.Tensor, dim: int) -> None:
         hint = _hint_for_non_probs(name, probs)
         _raise_at(name, "must be probabilities in [0, 1]", bad, probs, dim, hint)
     sums = probs.sum(dim=-1)
-    off = (sums - 1).abs() > tolerance
+    off = _off_one(sums, probs.dtype)
     if bool(off.any()):
         row = _first(off)
         raise ValueError(
@@ -127,14 +127,15 @@ def check_log_probs(name: str, log_probs: torch.Tensor, dim: int) -> None:
     if log_probs.numel() == 0:
         return
     tolerance = sum_tolerance(log_probs.dtype)
-    if bool(torch.isnan(log_probs).any()):
+    highest = log_probs.max()  # NaN propagates
+    if bool(torch.isnan(highest)):
         _raise_at(name, "must not contain NaN", torch.isnan(log_probs), log_probs, dim)
-    positive = log_probs > math.log1p(tolerance)
-    if bool(positive.any()):
+    if bool(highest > math.log1p(tolerance)):
+        positive = log_probs > math.log1p(tolerance)
         hint = _hint_for_non_log_probs(name, log_probs)
         _raise_at(name, "must be log-probabilities, ≤ 0", positive, log_probs, dim, hint)
     log_sums = torch.logsumexp(log_probs, dim=-1)
-    off = (log_sums.exp() - 1).abs() > tolerance
+    off = _off_one(log_sums.exp(), log_probs.dtype)
     if bool(off.any()):
         row = _first(off)
         raise ValueError(
@@ -206,15 +207,19 @@ def _looks_like_probs(tensor: torch.Tensor) -> bool:
 
 
 def _rows_sum_to_one(tensor: torch.Tensor) -> bool:
-    return bool(((tensor.sum(dim=-1) - 1).abs() <= sum_tolerance(tensor.dtype)).all())
+    return not bool(_off_one(tensor.sum(dim=-1), tensor.dtype).any())
 
 
 def _looks_like_log_probs(tensor: torch.Tensor) -> bool:
     """Every entry ≤ 0 and exp of every row summing to 1."""
-    if bool((tensor > 0).any()):
+    if bool(tensor.max() > 0):
         return False
-    total = torch.logsumexp(tensor, dim=-1).exp()
-    return bool(((total - 1).abs() <= sum_tolerance(tensor.dtype)).all())
+    return not bool(_off_one(torch.logsumexp(tensor, dim=-1).exp(), tensor.dtype).any())
+
+
+def _off_one(row_sums: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Which rows of probabilities of ``dtype`` sum to further from 1 than ``sum_tolerance``."""
+    return (row_sums - 1).abs() > sum_tolerance(dtype)
 
 
 def _hint_for_non_probs(name: str, tensor: torch.Tensor) -> str:
@@ -256,7 +261,7 @@ def _raise_at(
 
 def _caller_stacklevel() -> int:
     """The stack level of the first frame outside crossent, for warnings.warn."""
-    package = os.path.dirname(__file__)
+    package = os.path.dirname(__file__) + os.sep
     frame: FrameType | None = sys._getframe(1)
     level = 1
     while frame is not None and frame.f_code.co_filename.startswith(package):
