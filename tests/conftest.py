@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from hypothesis import settings
 from hypothesis import strategies as st
 
@@ -29,6 +30,15 @@ def random_logits(
     logits[rng.random(shape) < neg_inf_fraction] = -np.inf
     logits[..., 0] = np.where(np.isinf(logits).all(axis=-1), 0.0, logits[..., 0])
     return logits
+
+
+def random_logits_and_forms(
+    rng: np.random.Generator, shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits z (with −inf entries) and the same distributions as log-probs and probs."""
+    z = random_logits(rng, shape)
+    log_p = torch.log_softmax(torch.from_numpy(z), dim=-1).numpy()
+    return z, log_p, np.exp(log_p)
 
 
 @st.composite

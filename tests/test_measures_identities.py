@@ -10,7 +10,7 @@ import torch
 from hypothesis import given
 
 import crossent
-from tests.conftest import batches, random_logits, random_probs
+from tests.conftest import batches, random_logits, random_logits_and_forms, random_probs
 
 
 @given(batches())
@@ -115,9 +115,7 @@ def test_class_axis_can_be_any_axis(batch: tuple) -> None:
 @given(batches())
 def test_probs_log_probs_and_logits_describe_the_same_distribution(batch: tuple) -> None:
     rng, shape = batch
-    z = random_logits(rng, shape)
-    log_p = torch.log_softmax(torch.from_numpy(z), dim=-1).numpy()
-    p = np.exp(log_p)
+    z, log_p, p = random_logits_and_forms(rng, shape)
     values = [
         crossent.entropy(logits=z),
         crossent.entropy(log_probs=log_p),

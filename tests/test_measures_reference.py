@@ -14,7 +14,7 @@ from hypothesis import given
 from sklearn.metrics import log_loss
 
 import crossent
-from tests.conftest import batches, random_logits, random_probs
+from tests.conftest import batches, random_logits_and_forms, random_probs
 
 BASES = [2, math.e, 10]
 
@@ -80,9 +80,7 @@ def test_kl_divergence_matches_torch_kl_div(batch: tuple) -> None:
 @given(batches())
 def test_entropy_of_logits_matches_log_softmax(batch: tuple) -> None:
     rng, shape = batch
-    z = random_logits(rng, shape)
-    log_p = torch.log_softmax(torch.from_numpy(z), dim=-1).numpy()
-    p = np.exp(log_p)
+    z, log_p, p = random_logits_and_forms(rng, shape)
     expected = -scipy.special.xlogy(p, p).sum(axis=-1)
     np.testing.assert_allclose(
         crossent.entropy(logits=z, base=math.e), expected, rtol=1e-12, atol=1e-14
