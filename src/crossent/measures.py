@@ -358,8 +358,8 @@ def kl_divergence(
     with the code built for the model q (the **pred**) instead of p's own code (SEED.md §5).
     D ≥ 0, with equality iff q = p; it is not symmetric. As a classifier loss its H(p) term does
     not depend on the model, so minimising D, H(p, q) or the NLL gives the same parameters.
-    Computed term by term, Σ p log(p / q) (or Σ p (log p − log q) when gradients are needed),
-    not as a difference of two sums, so that D(p ‖ p) is exactly 0.
+    Computed term by term, Σ p (log p − log q), not as a difference of two sums, so that
+    D(p ‖ p) is exactly 0 (log(p / q) would round once less, but overflows for a subnormal q).
 
     Args: as :func:`cross_entropy` (``target_index`` is a one-hot p, for which D = H(p, q)).
 
