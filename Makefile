@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/crossent explain
+	$(BIN)/crossent train
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from rich.console import Console
 
 import crossent
-from crossent.cli import explain
+from crossent.cli import explain, predict, score, train
 
-_COMMANDS = (explain,)
+_COMMANDS = (explain, train, predict, score)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,100 @@
+"""The softmax classifier of SEED.md §1: ŷ = σ(z), z = network(standardised x).
+
+The network is linear (multinomial logistic regression) or an MLP with ReLU hidden layers; its
+output z holds the M logits and the softmax is applied by the loss (log σ(z) directly, which
+never rounds a probability to 0 before taking its log).
+
+A trained model lives in a folder as two files: ``model.pt`` (the weights, a plain
+``state_dict``) and ``model.json`` (classes, feature names, the standardisation, the options).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import crossent
+from crossent.classifier._files import atomic_path
+
+WEIGHTS = "model.pt"
+CARD = "model.json"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything besides the weights that turns a table into predictions."""
+
+    classes: list[str]
+    feature_names: list[str]
+    target: str
+    hidden: list[int]
+    mean: list[float]
+    scale: list[float]
+    options: dict[str, Any] = field(default_factory=dict)
+    version: str = crossent.__version__
+
+
+class SoftmaxClassifier(nn.Module):
+    """Logits z = network((x − mean) / scale); the model is p(y | x, θ) = softmax(z)."""
+
+    mean: torch.Tensor
+    scale: torch.Tensor
+
+    def __init__(self, card: ModelCard, seed: int = 0) -> None:
+        super().__init__()
+        self.card = card
+        widths = [len(card.feature_names), *card.hidden, len(card.classes)]
+        layers: list[nn.Module] = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the initial weights depend on the seed only
+            for width_in, width_out in itertools.pairwise(widths):
+                layers += [nn.Linear(width_in, width_out), nn.ReLU()]
+        self.network = nn.Sequential(*layers[:-1])  # no ReLU after the logits
+        self.register_buffer("mean", torch.tensor(card.mean), persistent=False)
+        self.register_buffer("scale", torch.tensor(card.scale), persistent=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, M)`` for raw (unstandardised) features ``(N, D)``."""
+        logits: torch.Tensor = self.network((features - self.mean) / self.scale)
+        return logits
+
+    @torch.no_grad()
+    def log_probs(self, features: np.ndarray) -> np.ndarray:
+        """log p(y | x) in nats, ``(N, M)`` float64: log-softmax of the logits taken in float64."""
+        logits = self(torch.from_numpy(np.asarray(features, dtype=np.float32)))
+        log_probs: np.ndarray = torch.log_softmax(logits.double(), dim=-1).numpy()
+        return log_probs
+
+
+def standardisation(features: np.ndarray) -> tuple[list[float], list[float]]:
+    """Mean and standard deviation of each column; a constant column keeps scale 1."""
+    mean = features.mean(axis=0)
+    scale = features.std(axis=0)
+    scale[scale == 0] = 1.0
+    return mean.tolist(), scale.tolist()
+
+
+def save(model: SoftmaxClassifier, folder: Path) -> None:
+    """Write ``model.pt`` and ``model.json`` into ``folder``."""
+    torch.save(model.state_dict(), folder / WEIGHTS)
+    with atomic_path(folder / CARD) as temporary:
+        temporary.write_text(json.dumps(asdict(model.card), indent=2) + "\n")
+
+
+def load(folder: str | Path) -> SoftmaxClassifier:
+    """The model saved by :func:`save` in a run folder, ready to predict."""
+    folder = Path(folder)
+    for name in (CARD, WEIGHTS):
+        if not (folder / name).is_file():
+            raise ValueError(f"{str(folder)!r} is not a crossent run: it has no {name}")
+    card = ModelCard(**json.loads((folder / CARD).read_text()))
+    model = SoftmaxClassifier(card)
+    model.load_state_dict(torch.load(folder / WEIGHTS, weights_only=True))
+    return model.eval()

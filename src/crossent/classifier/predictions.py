@@ -1,0 +1,142 @@
+"""Tables of predictions: written by a model, read back and scored in constant memory.
+
+A predictions table has a label column (named as the model's target; optional when only
+predicting) and one column per class, named by the class, holding p(class | x) (``"probs"``)
+or its natural log (``"log-probs"``). Any model's predictions in this layout can be scored.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from crossent._checks import sum_tolerance
+from crossent.classifier.data import (
+    check_columns,
+    column_names,
+    encode_labels,
+    feature_matrix,
+    stream,
+)
+from crossent.classifier.evaluate import Report, Scorecard
+from crossent.classifier.model import SoftmaxClassifier
+
+Layout = Literal["probs", "log-probs"]
+LAYOUTS: tuple[Layout, ...] = ("probs", "log-probs")
+
+
+def prediction_batch(
+    classes: list[str],
+    log_probs: np.ndarray,
+    layout: Layout,
+    labels: tuple[str, pa.Array] | None = None,
+) -> pa.RecordBatch:
+    """A record batch of predictions; ``labels`` is (column name, label text) to carry along."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"`--layout` must be one of {LAYOUTS}; got {layout!r}")
+    values = np.exp(log_probs) if layout == "probs" else log_probs
+    names, arrays = list(classes), [pa.array(values[:, j]) for j in range(len(classes))]
+    if labels is not None:
+        if labels[0] in classes:
+            raise ValueError(f"the label column {labels[0]!r} has the name of a class")
+        names, arrays = [labels[0], *names], [labels[1], *arrays]
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def predict_batches(
+    model: SoftmaxClassifier, batches: Iterable[pa.RecordBatch], layout: Layout, source: str
+) -> Iterator[pa.RecordBatch]:
+    """Predictions for each batch of rows; a target column, if present, is checked and kept."""
+    card = model.card
+    first_row = 0
+    for batch in batches:
+        table = pa.Table.from_batches([batch])
+        features = feature_matrix(table, card.feature_names, source, first_row=first_row)
+        labels = None
+        if card.target in table.column_names:
+            column = table.column(card.target)
+            encode_labels(
+                column, card.classes, f"{source}, column {card.target!r},", first_row=first_row
+            )
+            labels = (card.target, column.combine_chunks().cast(pa.string()))
+        yield prediction_batch(card.classes, model.log_probs(features), layout, labels)
+        first_row += batch.num_rows
+
+
+def score_file(
+    path: str | os.PathLike[str],
+    target: str,
+    layout: Layout,
+    *,
+    classes: Sequence[str] | None = None,
+    bins: int = 10,
+    on_bytes: Callable[[int, int], None] | None = None,
+) -> Report:
+    """Score a predictions file against its label column ``target``, batch by batch.
+
+    ``classes`` names the class columns; by default every column but ``target``.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"`--layout` must be one of {LAYOUTS}; got {layout!r}")
+    source = f"{os.fspath(path)!r}"
+    names = list(classes) if classes is not None else _class_columns(path, target)
+    types = {target: pa.string(), **dict.fromkeys(names, pa.float64())}
+    scorecard = Scorecard(names, bins)
+    first_row = 0
+    for batch in stream(path, types, on_bytes=on_bytes):
+        table = pa.Table.from_batches([batch])
+        check_columns(table.column_names, [target, *names], "column", source)
+        labels = encode_labels(
+            table.column(target), names, f"{source}, column {target!r},", first_row=first_row
+        )
+        values = np.column_stack([_floats(table.column(n), n, first_row, source) for n in names])
+        scorecard.update(_log_probs(values, layout, names, first_row), labels)
+        first_row += batch.num_rows
+    return scorecard.report()
+
+
+def _class_columns(path: str | os.PathLike[str], target: str) -> list[str]:
+    """Every column of the file but ``target``."""
+    header = column_names(path)
+    check_columns(header, [target], "target column", f"{os.fspath(path)!r}")
+    return [name for name in header if name != target]
+
+
+def _floats(column: pa.ChunkedArray, name: str, first_row: int, source: str) -> np.ndarray:
+    if column.null_count:
+        row = first_row + int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ValueError(f"class column {name!r} has a missing value at row {row} of {source}")
+    return np.asarray(column.to_numpy(), dtype=np.float64)
+
+
+def _log_probs(
+    values: np.ndarray, layout: Layout, names: Sequence[str], first_row: int
+) -> np.ndarray:
+    """Natural-log probabilities of a checked batch: no NaN, in range, rows summing to 1."""
+    tolerance = sum_tolerance(torch.float64)
+    if layout == "probs":
+        rule, bad = "must be probabilities in [0, 1]", ~((values >= 0) & (values <= 1 + tolerance))
+    else:
+        rule, bad = "must be log-probabilities, ≤ 0", ~(values <= np.log1p(tolerance))
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"predictions {rule}; got {values[row, col]!r} at row {first_row + row}, "
+            f"column {names[col]!r}"
+        )
+    probs = values if layout == "probs" else np.exp(values)
+    sums = probs.sum(axis=1)
+    off = np.abs(sums - 1) > tolerance
+    if off.any():
+        row = int(np.flatnonzero(off)[0])
+        raise ValueError(
+            f"predictions must sum to 1 over the {len(names)} class columns (within "
+            f"{tolerance:.1e}); row {first_row + row} sums to {sums[row]:.6g}"
+        )
+    with np.errstate(divide="ignore"):  # log 0 = −inf: a class the model rules out
+        return np.log(values) if layout == "probs" else values

@@ -1,0 +1,142 @@
+"""A run folder: everything one training run leaves behind, written whole or not at all.
+
+model.pt, model.json   the trained model (see :mod:`crossent.classifier.model`)
+metrics.json           the held-out report, the training history, the reference, the options
+predictions.csv        the held-out split: label, then p(class) for every class
+loss.png               training and held-out loss per epoch, bits per example
+reliability.png        reliability diagram of the held-out predictions
+per_class.png          mean cross entropy of each class's held-out examples
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+import crossent
+from crossent.classifier import model as saved_model
+from crossent.classifier import plots
+from crossent.classifier._files import atomic_folder
+from crossent.classifier.data import LabelledData, split, write_table
+from crossent.classifier.evaluate import Report, Scorecard, logistic_regression_reference
+from crossent.classifier.model import ModelCard, SoftmaxClassifier, standardisation
+from crossent.classifier.predictions import prediction_batch
+from crossent.classifier.train import EpochCallback, History, SGDOptions, Step, train
+
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.csv"
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a training run produced."""
+
+    model: SoftmaxClassifier
+    history: History
+    held_out: LabelledData
+    held_out_log_probs: np.ndarray
+    report: Report
+    reference: dict[str, Any] | None
+    settings: dict[str, Any]
+    training_rows: int
+
+
+def fit(
+    data: LabelledData,
+    options: SGDOptions,
+    *,
+    hidden: list[int],
+    test_size: float = 0.25,
+    bins: int = 10,
+    reference: bool = True,
+    on_step: Step | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> Run:
+    """Split, standardise on the training part, train, and score the held-out part."""
+    train_part, held_out = split(data, test_size, options.seed)
+    mean, scale = standardisation(train_part.features)
+    card = ModelCard(
+        data.classes, data.feature_names, data.target, hidden, mean, scale, options=asdict(options)
+    )
+    model = SoftmaxClassifier(card, seed=options.seed)
+    history = train(
+        model,
+        train_part.features,
+        train_part.labels,
+        options,
+        held_out=(held_out.features, held_out.labels),
+        on_step=on_step,
+        on_epoch=on_epoch,
+    )
+    log_probs = model.log_probs(held_out.features)
+    scorecard = Scorecard(data.classes, bins)
+    scorecard.update(log_probs, held_out.labels)
+    settings = {**asdict(options), "hidden": hidden, "test_size": test_size, "bins": bins}
+    return Run(
+        model,
+        history,
+        held_out,
+        log_probs,
+        scorecard.report(),
+        _reference(train_part, held_out, options) if reference else None,
+        settings,
+        len(train_part.labels),
+    )
+
+
+def _reference(
+    train_part: LabelledData, held_out: LabelledData, options: SGDOptions
+) -> dict[str, Any]:
+    """scikit-learn's LogisticRegression on the same standardised split."""
+    mean, scale = (np.asarray(v) for v in standardisation(train_part.features))
+    return logistic_regression_reference(
+        ((train_part.features - mean) / scale, train_part.labels),
+        ((held_out.features - mean) / scale, held_out.labels),
+        len(train_part.classes),
+        options.weight_decay,
+    )
+
+
+def write(run: Run, folder: Path, *, replace: bool = False) -> None:
+    """Write the run folder; on any error nothing is left at ``folder``."""
+    with atomic_folder(folder, replace=replace) as temporary:
+        saved_model.save(run.model, temporary)
+        (temporary / METRICS).write_text(json.dumps(metrics(run), indent=2) + "\n")
+        write_table(temporary / PREDICTIONS, _predictions(run))
+        plots.loss_curves(run.history, temporary / "loss.png")
+        plots.reliability_diagram(run.report, temporary / "reliability.png")
+        plots.per_class_cross_entropy(run.report, temporary / "per_class.png")
+
+
+def metrics(run: Run) -> dict[str, Any]:
+    """The content of metrics.json: units are in the key names (``_bits``, ``_nats``)."""
+    data = run.held_out
+    return {
+        "crossent_version": crossent.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "data": {
+            "source": data.source,
+            "target": data.target,
+            "classes": data.classes,
+            "features": data.feature_names,
+            "training_rows": run.training_rows,
+            "held_out_rows": len(data.labels),
+        },
+        "settings": run.settings,
+        "held_out": run.report.to_dict(),
+        "training": asdict(run.history),
+        "reference": run.reference,
+    }
+
+
+def _predictions(run: Run) -> pa.Table:
+    data = run.held_out
+    labels = pa.array(np.asarray(data.classes)[data.labels])
+    batch = prediction_batch(data.classes, run.held_out_log_probs, "probs", (data.target, labels))
+    return pa.Table.from_batches([batch])

@@ -1,0 +1,159 @@
+"""Minibatch SGD on the negative log-likelihood (SEED.md §2), with three equal objectives.
+
+For a one-hot y and predictions ŷ = softmax(z) (SEED.md §4–§5):
+
+    NLL = −log ŷ_y = H(y, ŷ) = D_KL(y ‖ ŷ) + H(y),   and H(y) = 0,
+
+so ``objective="nll"``, ``"cross-entropy"`` and ``"kl"`` are the same function of θ, computed
+three ways, and SGD from the same seed takes the same steps with each. Losses are minimised in
+nats (the learning rate then means what it means in PyTorch) and reported in bits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from crossent.classifier.model import SoftmaxClassifier
+from crossent.measures import cross_entropy, kl_divergence, nll
+
+Objective = Literal["nll", "cross-entropy", "kl"]
+OBJECTIVES: tuple[Objective, ...] = ("nll", "cross-entropy", "kl")
+Schedule = Literal["constant", "cosine"]
+SCHEDULES: tuple[Schedule, ...] = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class SGDOptions:
+    """Minibatch SGD with momentum; weight decay λ adds (λ/2)‖W‖² on weights, not biases."""
+
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-3
+    epochs: int = 100
+    batch_size: int = 32
+    objective: Objective = "nll"
+    schedule: Schedule = "cosine"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive("learning_rate", self.learning_rate)
+        _in_unit_interval("momentum", self.momentum)
+        _positive("weight_decay", self.weight_decay, allow_zero=True)
+        _positive("epochs", self.epochs)
+        _positive("batch_size", self.batch_size)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"`schedule` must be one of {SCHEDULES}; got {self.schedule!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"`objective` must be one of {OBJECTIVES}; got {self.objective!r}")
+
+
+@dataclass
+class History:
+    """Per epoch: the running mean training loss and the held-out loss, bits per example."""
+
+    train_bits: list[float] = field(default_factory=list)
+    held_out_bits: list[float] = field(default_factory=list)
+
+
+def objective_nats(
+    objective: Objective, logits: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """The mean loss of a minibatch in nats, computed as the chosen measure."""
+    if objective == "nll":
+        return nll(  # type: ignore[no-any-return]
+            target_index=labels, pred_logits=logits, base=math.e, reduction="mean", validate=False
+        )
+    measure = cross_entropy if objective == "cross-entropy" else kl_divergence
+    one_hot = torch.nn.functional.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+    return measure(  # type: ignore[no-any-return]
+        target_probs=one_hot, pred_logits=logits, base=math.e, reduction="mean", validate=False
+    )
+
+
+def mean_nll_bits(model: SoftmaxClassifier, features: np.ndarray, labels: np.ndarray) -> float:
+    """Mean −log2 p(y | x) over a data set, in bits per example."""
+    log_probs = model.log_probs(features)
+    return float(-log_probs[np.arange(len(labels)), labels].mean() / math.log(2))
+
+
+Step = Callable[[int, int, int, float], None]  # (epoch, step, steps per epoch, loss in bits)
+EpochCallback = Callable[[int, "History"], None]
+
+
+def train(
+    model: SoftmaxClassifier,
+    features: np.ndarray,
+    labels: np.ndarray,
+    options: SGDOptions,
+    *,
+    held_out: tuple[np.ndarray, np.ndarray] | None = None,
+    on_step: Step | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> History:
+    """Fit ``model`` in place by minibatch SGD, calling ``on_step`` after each step."""
+    torch.manual_seed(options.seed)
+    x = torch.from_numpy(np.asarray(features, dtype=np.float32))
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    optimiser = _optimiser(model, options)
+    steps_per_epoch = math.ceil(len(y) / options.batch_size)
+    scheduler = _scheduler(optimiser, options, options.epochs * steps_per_epoch)
+    order = torch.Generator().manual_seed(options.seed)
+    history = History()
+    for epoch in range(options.epochs):
+        model.train()
+        total, seen = 0.0, 0
+        shuffled = torch.randperm(len(y), generator=order)
+        batches = shuffled.split(options.batch_size)  # type: ignore[no-untyped-call]
+        for step, batch in enumerate(batches):
+            loss = objective_nats(options.objective, model(x[batch]), y[batch])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimiser.step()
+            scheduler.step()
+            total, seen = total + loss.item() * len(batch), seen + len(batch)
+            if on_step is not None:
+                on_step(epoch, step, steps_per_epoch, loss.item() / math.log(2))
+        model.eval()
+        history.train_bits.append(total / seen / math.log(2))
+        if held_out is not None:
+            history.held_out_bits.append(mean_nll_bits(model, *held_out))
+        if on_epoch is not None:
+            on_epoch(epoch, history)
+    return history
+
+
+def _optimiser(model: SoftmaxClassifier, options: SGDOptions) -> torch.optim.SGD:
+    """SGD with weight decay on the weight matrices only, as in L2-regularised regression."""
+    decayed = [p for name, p in model.named_parameters() if name.endswith("weight")]
+    free = [p for name, p in model.named_parameters() if not name.endswith("weight")]
+    groups = [
+        {"params": decayed, "weight_decay": options.weight_decay},
+        {"params": free, "weight_decay": 0.0},
+    ]
+    return torch.optim.SGD(groups, lr=options.learning_rate, momentum=options.momentum)
+
+
+def _scheduler(
+    optimiser: torch.optim.SGD, options: SGDOptions, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Constant, or cosine decay to 0 over all steps, which lets SGD settle at the optimum."""
+    if options.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps)
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    if not (value > 0 or (allow_zero and value == 0)) or not math.isfinite(value):
+        rule = "≥ 0" if allow_zero else "> 0"
+        raise ValueError(f"`{name}` must be a finite number {rule}; got {value!r}")
+
+
+def _in_unit_interval(name: str, value: float) -> None:
+    if not 0 <= value < 1:
+        raise ValueError(f"`{name}` must be in [0, 1); got {value!r}")

@@ -1,0 +1,57 @@
+"""``crossent predict``: class probabilities of a trained model for new rows."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from rich.console import Console
+
+from crossent.classifier import model as saved_model
+from crossent.classifier.data import stream, write_batches
+from crossent.classifier.predictions import LAYOUTS, predict_batches
+from crossent.cli._progress import file_progress
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "predict",
+        help="write a trained model's class probabilities for the rows of a file",
+        description=(
+            "Write p(class | x) of a trained model (a run folder of `crossent train`) for every "
+            "row of DATA: one column per class, after the label column if DATA has one "
+            "(its labels are checked against the model's classes). Streams: any size of DATA."
+        ),
+    )
+    parser.add_argument("run_folder", metavar="RUN", type=Path, help="run folder of a training")
+    parser.add_argument("data", metavar="DATA", type=Path, help="CSV or Parquet file of features")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="predictions file to write, .csv or .parquet",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="probs",
+        help="probabilities (default) or natural-log probabilities",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, console: Console) -> None:
+    model = saved_model.load(args.run_folder)
+    card = model.card
+    types = {**dict.fromkeys(card.feature_names, pa.float64()), card.target: pa.string()}
+    with file_progress(console, f"predicting {args.data}") as on_bytes:
+        batches = stream(args.data, types, on_bytes=on_bytes)
+        rows = write_batches(
+            args.output, predict_batches(model, batches, args.layout, repr(str(args.data)))
+        )
+    console.print(
+        f"wrote {rows:,} rows × {len(card.classes)} classes ({args.layout}) to {args.output}"
+    )

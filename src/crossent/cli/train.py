@@ -1,0 +1,208 @@
+"""``crossent train``: fit the softmax classifier by SGD on the NLL and report it in bits."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from crossent.classifier import run as runs
+from crossent.classifier.data import BUNDLED, LabelledData, bundled, labelled, read_table
+from crossent.classifier.train import OBJECTIVES, SCHEDULES, History, SGDOptions
+from crossent.cli._report import print_report
+
+_DEFAULTS = SGDOptions()
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="train a softmax classifier by SGD on the NLL; report it in bits",
+        description=(
+            "Train the softmax classifier of the article by minibatch SGD on the negative "
+            "log-likelihood, on a CSV/Parquet file or a bundled data set, and write a run "
+            "folder: model, metrics, held-out predictions and plots."
+        ),
+    )
+    parser.add_argument("data", nargs="?", help="CSV or Parquet file (default: a bundled set)")
+    parser.add_argument("--target", help="the label column of DATA (required with DATA)")
+    parser.add_argument(
+        "--dataset",
+        default="digits",
+        choices=BUNDLED,
+        help="bundled scikit-learn data set used without DATA (default digits)",
+    )
+    parser.add_argument(
+        "--test-size",
+        type=float,
+        default=0.25,
+        help="fraction of rows held out, stratified (default 0.25)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the split, the initial weights and the batch order",
+    )
+    parser.add_argument(
+        "--hidden",
+        type=_widths,
+        default=[],
+        metavar="W1,W2,...",
+        help="hidden layer widths of an MLP (default none: linear)",
+    )
+    parser.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default=_DEFAULTS.objective,
+        help="the loss minimised; all three are equal for one-hot labels",
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=_DEFAULTS.learning_rate,
+        help=f"learning rate (default {_DEFAULTS.learning_rate})",
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default=_DEFAULTS.schedule,
+        help="learning rate schedule over all steps (default cosine)",
+    )
+    parser.add_argument("--momentum", type=float, default=_DEFAULTS.momentum)
+    parser.add_argument(
+        "--weight-decay",
+        type=float,
+        default=_DEFAULTS.weight_decay,
+        help="λ of the penalty (λ/2)‖W‖² on weights, not biases",
+    )
+    parser.add_argument("--epochs", type=int, default=_DEFAULTS.epochs)
+    parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
+    parser.add_argument(
+        "--bins",
+        type=int,
+        default=10,
+        help="confidence bins of the decomposition and ECE (default 10)",
+    )
+    parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip fitting scikit-learn's LogisticRegression for comparison",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="run folder to write (default runs/NAME-TIMESTAMP)"
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing --out")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, console: Console) -> None:
+    data = _load(args)
+    options = SGDOptions(
+        learning_rate=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        objective=args.objective,
+        schedule=args.schedule,
+        seed=args.seed,
+    )
+    folder = args.out or _default_folder(args)
+    if folder.exists() and not args.force:
+        raise ValueError(f"{str(folder)!r} already exists; choose another --out or pass --force")
+    console.print(
+        f"training on {data.source}: {len(data.labels):,} rows, "
+        f"{len(data.feature_names)} features, {len(data.classes)} classes"
+    )
+    with _EpochBars(console, options.epochs) as bars:
+        result = runs.fit(
+            data,
+            options,
+            hidden=args.hidden,
+            test_size=args.test_size,
+            bins=args.bins,
+            reference=not args.no_reference,
+            on_step=bars.step,
+            on_epoch=bars.epoch_done,
+        )
+    runs.write(result, folder, replace=args.force)
+    print_report(console, result.report, f"held-out split ({len(result.held_out.labels):,} rows)")
+    if result.reference is not None:
+        console.print(
+            f"scikit-learn LogisticRegression (C = {result.reference['C']:.4g}) on "
+            f"the same split: mean NLL {result.reference['mean_nll_bits']:.4f} bits"
+        )
+    console.print(f"run folder: {folder}")
+
+
+def _load(args: argparse.Namespace) -> LabelledData:
+    if args.data is None:
+        if args.target is not None:
+            raise ValueError("`--target` names a column of DATA; give DATA or leave it out")
+        return bundled(args.dataset)
+    if args.target is None:
+        raise ValueError("`--target` is required with DATA: name the label column")
+    return labelled(read_table(args.data), args.target, source=repr(args.data))
+
+
+def _default_folder(args: argparse.Namespace) -> Path:
+    name = Path(args.data).stem if args.data else args.dataset
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{name}-{stamp}"
+
+
+def _widths(text: str) -> list[int]:
+    try:
+        widths = [int(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        widths = []
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"must be positive integers such as 64,32; got {text!r}")
+    return widths
+
+
+class _EpochBars:
+    """One progress bar per epoch, with the running training loss in bits per example."""
+
+    def __init__(self, console: Console, epochs: int) -> None:
+        self.epochs = epochs
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[loss]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.task: Any = None
+        self.total = 0.0
+        self.steps = 0
+
+    def __enter__(self) -> _EpochBars:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def step(self, epoch: int, step: int, steps: int, loss_bits: float) -> None:
+        if step == 0:
+            self.task = self.progress.add_task(
+                f"epoch {epoch + 1}/{self.epochs}", loss="", total=steps
+            )
+            self.total, self.steps = 0.0, 0
+        self.total, self.steps = self.total + loss_bits, self.steps + 1
+        self.progress.update(
+            self.task, advance=1, loss=f"train {self.total / self.steps:.4f} bits/example"
+        )
+
+    def epoch_done(self, epoch: int, history: History) -> None:
+        held_out = f", held out {history.held_out_bits[-1]:.4f}" if history.held_out_bits else ""
+        self.progress.update(
+            self.task, loss=f"train {history.train_bits[-1]:.4f}{held_out} bits/example"
+        )
