@@ -312,7 +312,7 @@ def _check_finite(matrix: np.ndarray, names: Sequence[str], source: str, first_r
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
         raise ValueError(
-            f"features must be finite; {source} has {matrix[row, col]!r} "
+            f"features must be finite; {source} has {float(matrix[row, col])!r} "
             f"at row {first_row + row}, column {names[col]!r}"
         )
 

@@ -175,7 +175,7 @@ class Scorecard:
         return float(gaps.sum() / count)
 
     def _confidence_bins(self) -> list[ConfidenceBin]:
-        edges = np.linspace(0.0, 1.0, self.bins + 1)
+        edges = np.arange(self.bins + 1) / self.bins
         counts = self._bin_counts
         return [
             ConfidenceBin(

@@ -76,10 +76,12 @@ def score_file(
     classes: Sequence[str] | None = None,
     bins: int = 10,
     on_bytes: Callable[[int, int], None] | None = None,
+    block_bytes: int = 1 << 24,
 ) -> Report:
     """Score a predictions file against its label column ``target``, batch by batch.
 
-    ``classes`` names the class columns; by default every column but ``target``.
+    ``classes`` names the class columns; by default every column but ``target``. Memory is
+    a few times ``block_bytes``, the size of the blocks read, whatever the size of the file.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"`--layout` must be one of {LAYOUTS}; got {layout!r}")
@@ -88,7 +90,7 @@ def score_file(
     types = {target: pa.string(), **dict.fromkeys(names, pa.float64())}
     scorecard = Scorecard(names, bins)
     first_row = 0
-    for batch in stream(path, types, on_bytes=on_bytes):
+    for batch in stream(path, types, on_bytes=on_bytes, block_bytes=block_bytes):
         table = pa.Table.from_batches([batch])
         check_columns(table.column_names, [target, *names], "column", source)
         labels = encode_labels(
@@ -126,7 +128,7 @@ def _log_probs(
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
         raise ValueError(
-            f"predictions {rule}; got {values[row, col]!r} at row {first_row + row}, "
+            f"predictions {rule}; got {float(values[row, col])!r} at row {first_row + row}, "
             f"column {names[col]!r}"
         )
     probs = values if layout == "probs" else np.exp(values)

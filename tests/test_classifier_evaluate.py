@@ -1,0 +1,137 @@
+"""The Scorecard against scikit-learn, SciPy and float64 math, and its decomposition."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.special
+import scipy.stats
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import accuracy_score, log_loss
+
+from crossent.classifier.evaluate import Scorecard
+
+
+def log(probs: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(probs)
+
+
+def predictions(rows: int, classes: int, seed: int, sharpness: float = 2.0):
+    rng = np.random.default_rng(seed)
+    logits = sharpness * rng.standard_normal((rows, classes))
+    log_probs = scipy.special.log_softmax(logits, axis=1)
+    labels = np.array([rng.choice(classes, p=p) for p in np.exp(log_probs)])
+    return log_probs, labels
+
+
+def scored(log_probs, labels, classes: int, bins: int = 10, batch: int | None = None):
+    card = Scorecard([f"c{j}" for j in range(classes)], bins)
+    step = batch or len(labels)
+    for start in range(0, len(labels), step):
+        card.update(log_probs[start : start + step], labels[start : start + step])
+    return card.report()
+
+
+def test_headline_figures_match_scikit_learn_and_scipy() -> None:
+    log_probs, labels = predictions(500, 4, seed=0)
+    report = scored(log_probs, labels, 4)
+    nats = log_loss(labels, np.exp(log_probs), labels=range(4))
+    assert report.mean_nll_nats == pytest.approx(nats, rel=1e-12)
+    assert report.mean_nll_bits == pytest.approx(nats / math.log(2), rel=1e-12)
+    assert report.total_nll_bits == pytest.approx(500 * nats / math.log(2), rel=1e-12)
+    assert report.accuracy == accuracy_score(labels, log_probs.argmax(1))
+    frequencies = np.bincount(labels, minlength=4) / 500
+    assert report.label_entropy_bits == pytest.approx(scipy.stats.entropy(frequencies, base=2))
+    assert report.perplexity == pytest.approx(math.exp(nats))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 300),
+    classes=st.integers(2, 12),
+    bins=st.integers(1, 15),
+    batch=st.integers(1, 80),
+    seed=st.integers(0, 2**16),
+)
+def test_decomposition_adds_up_and_batches_do_not_matter(
+    rows: int, classes: int, bins: int, batch: int, seed: int
+) -> None:
+    log_probs, labels = predictions(rows, classes, seed)
+    whole = scored(log_probs, labels, classes, bins)
+    parts = scored(log_probs, labels, classes, bins, batch)
+    total = whole.uncertainty_bits - whole.resolution_bits + whole.reliability_bits
+    assert total == pytest.approx(whole.mean_nll_bits, rel=1e-9, abs=1e-12)
+    assert whole.resolution_bits >= -1e-12  # Σ w_b D(π_b ‖ π̄) ≥ 0
+    assert whole.resolution_bits <= whole.uncertainty_bits + 1e-12
+    for field in ("mean_nll_bits", "resolution_bits", "reliability_bits", "ece", "accuracy"):
+        assert getattr(parts, field) == pytest.approx(getattr(whole, field), rel=1e-9, abs=1e-12)
+    assert [c.count for c in parts.per_class] == [c.count for c in whole.per_class]
+
+
+def test_decomposition_against_an_explicit_binned_computation() -> None:
+    log_probs, labels = predictions(2000, 3, seed=1)
+    bins = 5
+    report = scored(log_probs, labels, 3, bins)
+    top = log_probs.argmax(1)
+    confidence = np.exp(log_probs.max(1))
+    cell = top * bins + np.minimum((confidence * bins).astype(int), bins - 1)
+    within = 0.0
+    for b in np.unique(cell):
+        members = labels[cell == b]
+        within += len(members) / 2000 * scipy.stats.entropy(np.bincount(members), base=2)
+    pooled = scipy.stats.entropy(np.bincount(labels), base=2)
+    assert report.resolution_bits == pytest.approx(pooled - within, rel=1e-10)
+
+
+def test_reliability_is_the_calibration_loss_when_forecasts_are_constant_per_bin() -> None:
+    # two forecasts only, each alone in its bin: reliability = Σ w_b D(π_b ‖ f_b)
+    f = np.log(np.array([[0.9, 0.1], [0.2, 0.8]]))
+    which = np.array([0] * 60 + [1] * 40)
+    labels = np.array([0] * 45 + [1] * 15 + [1] * 30 + [0] * 10)
+    report = scored(f[which], labels, 2, bins=10)
+    pi = [np.array([45, 15]) / 60, np.array([10, 30]) / 40]
+    expected = 0.6 * scipy.stats.entropy(pi[0], np.exp(f[0]), base=2) + 0.4 * scipy.stats.entropy(
+        pi[1], np.exp(f[1]), base=2
+    )
+    assert report.reliability_bits == pytest.approx(expected, rel=1e-12)
+
+
+def test_ece_and_reliability_bins_by_hand() -> None:
+    # confidences 0.9 (right), 0.9 (wrong), 0.6 (right): bins [0.9, 1] and [0.6, 0.7)
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6]])
+    report = scored(log(probs), np.array([0, 1, 1]), 2, bins=10)
+    assert report.ece == pytest.approx((2 * abs(0.5 - 0.9) + abs(1 - 0.6)) / 3)
+    used = [b for b in report.confidence_bins if b.count]
+    assert [(b.low, b.count, b.accuracy) for b in used] == [(0.6, 1, 1.0), (0.9, 2, 0.5)]
+    empty = report.confidence_bins[0]
+    assert empty.count == 0
+    assert empty.accuracy is None  # the mean of nothing is not 0
+
+
+def test_per_class_figures() -> None:
+    probs = np.array([[0.5, 0.5, 0.0], [0.25, 0.75, 0.0], [1.0, 0.0, 0.0]])
+    report = scored(log(probs), np.array([0, 1, 0]), 3)
+    first, second, third = report.per_class
+    assert (first.count, first.recall, first.mean_nll_bits) == (2, 1.0, 0.5)  # (1 + 0) / 2
+    assert second.mean_nll_bits == pytest.approx(-math.log2(0.75))
+    assert first.mean_predicted == pytest.approx(1.75 / 3)
+    assert (third.count, third.recall, third.mean_nll_bits) == (0, None, None)
+
+
+def test_a_label_the_model_rules_out_costs_infinite_bits_not_nan() -> None:
+    probs = np.array([[1.0, 0.0], [0.5, 0.5]])
+    report = scored(log(probs), np.array([1, 0]), 2)
+    assert report.mean_nll_bits == math.inf
+    assert report.reliability_bits == math.inf
+    assert math.isfinite(report.resolution_bits)
+
+
+def test_nothing_to_score_and_bad_bins() -> None:
+    with pytest.raises(ValueError, match="no examples"):
+        Scorecard(["a", "b"]).report()
+    with pytest.raises(ValueError, match="`bins` must be a positive integer; got 0"):
+        Scorecard(["a", "b"], bins=0)
