@@ -187,11 +187,13 @@ def stream(
     kind = file_kind(path)
     _check_exists(path)
     total = path.stat().st_size
-    if kind == "csv":
-        batches = _stream_csv(path, column_types, block_bytes, on_bytes, total)
-    else:
-        batches = _stream_parquet(path, column_types, block_bytes, on_bytes, total)
-    yield from batches
+    blocks = _csv_blocks if kind == "csv" else _parquet_blocks
+    for batch, done in blocks(path, column_types, block_bytes):
+        if on_bytes is not None:
+            on_bytes(min(done, total), total)
+        yield batch
+    if on_bytes is not None:
+        on_bytes(total, total)
 
 
 def write_batches(path: str | os.PathLike[str], batches: Iterator[pa.RecordBatch]) -> int:
@@ -226,40 +228,27 @@ def _writer(kind: str, path: Path, schema: pa.Schema) -> Any:
     return pq.ParquetWriter(path, schema)
 
 
-def _stream_csv(
-    path: Path,
-    column_types: dict[str, pa.DataType],
-    block_bytes: int,
-    on_bytes: Callable[[int, int], None] | None,
-    total: int,
-) -> Iterator[pa.RecordBatch]:
+def _csv_blocks(
+    path: Path, column_types: dict[str, pa.DataType], block_bytes: int
+) -> Iterator[tuple[pa.RecordBatch, int]]:
+    """Record batches of a CSV file, each with the bytes of the file read so far."""
     convert = pa_csv.ConvertOptions(column_types=column_types)
     read = pa_csv.ReadOptions(block_size=block_bytes)
     with path.open("rb") as file:
-        reader = pa_csv.open_csv(file, read_options=read, convert_options=convert)
-        for batch in reader:
-            if on_bytes is not None:
-                on_bytes(file.tell(), total)
-            yield batch
-    if on_bytes is not None:
-        on_bytes(total, total)
+        for batch in pa_csv.open_csv(file, read_options=read, convert_options=convert):
+            yield batch, file.tell()
 
 
-def _stream_parquet(
-    path: Path,
-    column_types: dict[str, pa.DataType],
-    block_bytes: int,
-    on_bytes: Callable[[int, int], None] | None,
-    total: int,
-) -> Iterator[pa.RecordBatch]:
+def _parquet_blocks(
+    path: Path, column_types: dict[str, pa.DataType], block_bytes: int
+) -> Iterator[tuple[pa.RecordBatch, int]]:
+    """Record batches of a Parquet file, each with the share of the file read so far."""
     file = pq.ParquetFile(path)
     rows_per_batch = max(1, block_bytes // max(1, 8 * len(file.schema_arrow)))
-    done = 0
+    total, done = path.stat().st_size, 0
     for batch in file.iter_batches(batch_size=rows_per_batch):
         done += batch.num_rows
-        if on_bytes is not None:
-            on_bytes(total * done // max(1, file.metadata.num_rows), total)
-        yield _cast(batch, column_types)
+        yield _cast(batch, column_types), total * done // max(1, file.metadata.num_rows)
 
 
 def _cast(batch: pa.RecordBatch, column_types: dict[str, pa.DataType]) -> pa.RecordBatch:
