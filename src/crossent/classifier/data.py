@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from crossent.classifier._files import atomic_path
+from crossent._files import atomic_path
 
 BUNDLED = ("iris", "wine", "digits", "breast_cancer")
 _SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}

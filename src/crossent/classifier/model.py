@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import crossent
-from crossent.classifier._files import atomic_path
+from crossent._files import atomic_path
 
 WEIGHTS = "model.pt"
 CARD = "model.json"
@@ -71,6 +71,29 @@ class SoftmaxClassifier(nn.Module):
         logits = self(torch.from_numpy(np.asarray(features, dtype=np.float32)))
         log_probs: np.ndarray = torch.log_softmax(logits.double(), dim=-1).numpy()
         return log_probs
+
+    def exact_weights(self, features: np.ndarray) -> np.ndarray:
+        """exp(z − max z) in float64 ``(N, M)``: unnormalised p(y | x), the same bits anywhere.
+
+        Computed with elementwise NumPy float64 operations in a fixed order (no BLAS, no
+        threads): row i depends on row i of ``features`` only, through the same sequence of
+        correctly rounded operations, so the result does not depend on the batch size, the
+        thread count or memory alignment. Entropy coding needs exactly this: the decoder
+        must see the very probabilities the encoder used. It costs D multiply-adds over an
+        (N, width) array per layer of input width D, slower than a matrix product.
+        """
+        x = (np.asarray(features, dtype=np.float64) - self.mean.double().numpy()) / (
+            self.scale.double().numpy()
+        )
+        linears = [layer for layer in self.network if isinstance(layer, nn.Linear)]
+        for position, layer in enumerate(linears):
+            weight = layer.weight.detach().double().numpy()
+            out = np.repeat(layer.bias.detach().double().numpy()[None, :], len(x), axis=0)
+            for k in range(weight.shape[1]):
+                out += x[:, k : k + 1] * weight[:, k]
+            x = out if position == len(linears) - 1 else np.maximum(out, 0.0)
+        weights: np.ndarray = np.exp(x - x.max(axis=1, keepdims=True))
+        return weights
 
 
 def standardisation(features: np.ndarray) -> tuple[list[float], list[float]]:

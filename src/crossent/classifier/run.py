@@ -20,9 +20,9 @@ import numpy as np
 import pyarrow as pa
 
 import crossent
+from crossent._files import atomic_folder
 from crossent.classifier import model as saved_model
 from crossent.classifier import plots
-from crossent.classifier._files import atomic_folder
 from crossent.classifier.data import LabelledData, split, write_table
 from crossent.classifier.evaluate import Report, Scorecard, logistic_regression_reference
 from crossent.classifier.model import ModelCard, SoftmaxClassifier, standardisation

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from rich.console import Console
 
 import crossent
-from crossent.cli import explain, predict, score, train
+from crossent.cli import compress, decompress, explain, predict, score, train
 
-_COMMANDS = (explain, train, predict, score)
+_COMMANDS = (explain, train, predict, score, compress, decompress)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
-from crossent.classifier._files import atomic_path
+from crossent._files import atomic_path
 from crossent.classifier.predictions import LAYOUTS, score_file
 from crossent.cli._progress import file_progress
 from crossent.cli._report import print_report
