@@ -65,3 +65,16 @@ def test_code_words_are_sampled_at_the_rate_of_the_cross_entropy() -> None:
     outcomes = rng.choice(3, size=20_000, p=p)
     message = "".join(words[x] for x in outcomes)
     assert len(message) / len(outcomes) == pytest.approx(1.875, abs=0.02)  # H(p, q) in bits
+
+
+def test_shannon_lengths_obey_kraft_when_floats_sum_above_one() -> None:
+    """Regression: [1.0, 4e-246] got lengths [0, 816], which no prefix code has."""
+    from fractions import Fraction
+
+    for probs in ([1.0, 4.33e-246], [0.5, 0.5, 1e-20], [1 / 3] * 3):
+        lengths = shannon_lengths(probs)
+        assert sum(Fraction(1, 2**n) for n in lengths if n is not None) <= 1
+        words = canonical_code(lengths)
+        assert not any(a != b and b.startswith(a) for a in words for b in words)
+    assert shannon_lengths([1.0, 4.33e-246])[0] == 1
+    assert shannon_lengths([0.5, 0.5, 1e-20])[:2] == [2, 2]

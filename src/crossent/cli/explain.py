@@ -21,6 +21,7 @@ from rich.table import Table
 from crossent import cross_entropy, entropy, kl_divergence, nll
 from crossent._checks import check_probs
 from crossent.coding import canonical_code, expected_length, shannon_lengths
+from crossent.coding.huffman import code_cost, huffman_code, questions
 
 ARTICLE_Q = "1/2,1/4,1/4"  # the article's f: the distribution the code is built for
 DEFAULT_P = "1/8,1/8,3/4"  # what outcomes really follow in the walk-through
@@ -50,6 +51,15 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument("--batch", type=int, default=5, help="observations in the batch step")
     parser.add_argument("--seed", type=int, default=0, help="seed for the sampled observations")
+    parser.add_argument(
+        "--code",
+        action="store_true",
+        help="also play twenty questions: Huffman codes of q and p, their questions, and the "
+        "measured questions per outcome against H(p) and H(p, q)",
+    )
+    parser.add_argument(
+        "--games", type=int, default=10_000, help="outcomes drawn from p in the --code game"
+    )
     parser.set_defaults(run=run)
 
 
@@ -85,6 +95,10 @@ def run(args: argparse.Namespace, console: Console) -> None:
     _kl_step(console, p, q)
     _observation_step(console, outcomes, p, q, args.seed)
     _batch_step(console, outcomes, p, q, args.batch, args.seed)
+    if args.code:
+        if args.games < 1:
+            raise ValueError(f"`--games` must be at least 1; got {args.games}")
+        _questions_step(console, outcomes, p, q, args.games, args.seed)
 
 
 def _checked(option: str, dist: list[float]) -> list[float]:
@@ -222,6 +236,50 @@ def _batch_step(
         f"Batch NLL = −log2 Π q⁽ⁱ⁾(yᵢ) = −log2 {likelihood} = [bold]{_bits(total)} bits[/] "
         f"(total, reduction='sum') = the sum of the per-example cross entropies; "
         f"per example (reduction='mean'): {_bits(total / size)} bits."
+    )
+
+
+def _questions_step(
+    console: Console, outcomes: list[str], p: list[float], q: list[float], games: int, seed: int
+) -> None:
+    """Twenty questions with the best questions for q, then for p, on outcomes drawn from p."""
+    for_q, for_p = huffman_code(q), huffman_code(p)
+    console.print()
+    table = Table(title="6. Twenty questions: the Huffman code of q, each bit a yes/no question")
+    for column in ("outcome x", "q(x)", "p(x)", "code word", "questions asked (answer)"):
+        table.add_column(column, justify="left" if column.startswith("questions") else "right")
+    for x, qx, px, word, asked in zip(
+        outcomes, q, p, for_q, questions(for_q, outcomes), strict=True
+    ):
+        shown = "; ".join(f"{text} {'yes' if answer else 'no'}" for text, answer in asked)
+        table.add_row(
+            x,
+            f"{qx:.4g}",
+            f"{px:.4g}",
+            "—" if word is None else word or "(none)",
+            shown or ("never asked: q(x) = 0" if word is None else "none needed"),
+        )
+    console.print(table)
+    played = code_cost(for_q, q, p, samples=games, seed=seed + 2)
+    best = code_cost(for_p, p, p, samples=games, seed=seed + 2)
+    own = code_cost(for_q, q, q)
+    _require(
+        math.isclose(
+            played.expected, played.entropy + played.divergence_to_code, rel_tol=1e-9, abs_tol=1e-12
+        ),
+        "L = H(g) + D(g ‖ 2^-l)",
+    )
+    console.print(
+        f"On outcomes that follow q this code asks L = {_bits(own.expected)} questions on "
+        f"average; H(q) = {_bits(own.entropy)} ≤ L < H(q) + 1.\n"
+        f"{games:,} outcomes drawn from p, asked q's questions: [bold]"
+        f"{_bits(played.measured or 0.0)} questions each[/] (measured by encoding and decoding "
+        f"them); exactly L = H(p) + D(p ‖ 2^-l) = {_bits(played.entropy)} + "
+        f"{_bits(played.divergence_to_code)} = {_bits(played.expected)}, against the cross "
+        f"entropy H(p, q) = {_bits(played.cross_entropy_to_model)}.\n"
+        f"The best questions for p (its own Huffman code) ask {_bits(best.measured or 0.0)} "
+        f"each (exactly {_bits(best.expected)}; H(p) = {_bits(best.entropy)}): the difference "
+        "is the price of questions made for the wrong distribution."
     )
 
 

@@ -12,20 +12,38 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from fractions import Fraction
 
 
 def shannon_lengths(probs: Sequence[float]) -> list[int | None]:
     """Code lengths ⌈log2 1/q(x)⌉ in bits; ``None`` for outcomes of probability 0 (no code word).
 
+    q is ``probs`` divided by its sum, in exact rational arithmetic: floats that sum to
+    1 + 1e-20 would otherwise get lengths that break Kraft's inequality (no prefix code has
+    them), and a q(x) that rounds to 1.0 beside a tiny positive one would get length 0.
+
     >>> shannon_lengths([1 / 2, 1 / 4, 1 / 4])
     [1, 2, 2]
+    >>> shannon_lengths([1.0, 1e-300])  # q(x) = 1 / (1 + 1e-300) < 1 needs one question
+    [1, 997]
     """
-    lengths: list[int | None] = []
     for x, q in enumerate(probs):
         if not 0 <= q <= 1:
             raise ValueError(f"`probs` must be probabilities in [0, 1]; got {q!r} at position {x}")
-        lengths.append(math.ceil(-math.log2(q)) if q > 0 else None)
-    return lengths
+    total = sum(Fraction(q) for q in probs)
+    if total == 0:
+        raise ValueError("`probs` must have a positive entry; got all zeros")
+    return [_shannon_length(Fraction(q) / total) if q > 0 else None for q in probs]
+
+
+def _shannon_length(share: Fraction) -> int:
+    """The least l ≥ 0 with 2^−l ≤ share, exactly."""
+    length = max(0, math.ceil(-math.log2(share)) - 1)  # a float guess, then exact steps
+    while Fraction(1, 2**length) > share:
+        length += 1
+    while length > 0 and Fraction(1, 2 ** (length - 1)) <= share:
+        length -= 1
+    return length
 
 
 def canonical_code(lengths: Sequence[int | None]) -> list[str | None]:

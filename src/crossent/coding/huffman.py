@@ -91,12 +91,13 @@ def code_cost(
             f"the code, f and g must have one entry per outcome; got {len(words)}, "
             f"{len(built_for)} and {len(used_on)}"
         )
-    implied = [0.0 if length is None else 2.0**-length for length in lengths]
+    # log r = −l · ln 2, taken as a log so that r = 2^−1075 does not underflow to 0
+    log_implied = [-math.inf if length is None else -length * math.log(2) for length in lengths]
     return CodeCost(
         expected=expected_length(lengths, used_on),
         entropy=float(entropy(used_on)),
         divergence_to_code=float(
-            kl_divergence(target_probs=used_on, pred_probs=implied, validate=False)
+            kl_divergence(target_probs=used_on, pred_log_probs=log_implied, validate=False)
         ),
         cross_entropy_to_model=float(cross_entropy(target_probs=used_on, pred_probs=built_for)),
         measured=_measured_length(words, used_on, samples, seed) if samples else None,
@@ -125,3 +126,26 @@ def _normalised(probs: Sequence[float]) -> np.ndarray:
     values = np.asarray(probs, dtype=np.float64)
     shares: np.ndarray = values / values.sum()
     return shares
+
+
+def questions(words: Words, names: Sequence[str]) -> list[list[tuple[str, bool]]]:
+    """The yes/no questions each outcome's code word answers, in order.
+
+    After the answers s so far, the question is "is it one of the outcomes whose code word
+    starts with s + '1'?": bit 1 is yes, bit 0 is no. An outcome without a code word (q = 0)
+    is never asked about and gets no questions.
+
+    >>> [[f"{q} {'yes' if a else 'no'}" for q, a in asked]
+    ...  for asked in questions(['0', '10', '11'], ['a', 'b', 'c'])][2]
+    ['one of {b, c}? yes', 'c? yes']
+    """
+    asked: list[list[tuple[str, bool]]] = []
+    for word in words:
+        steps: list[tuple[str, bool]] = []
+        for depth, bit in enumerate(word or ""):
+            prefix = (word or "")[:depth] + "1"
+            group = [n for n, w in zip(names, words, strict=True) if w and w.startswith(prefix)]
+            question = f"{group[0]}?" if len(group) == 1 else f"one of {{{', '.join(group)}}}?"
+            steps.append((question, bit == "1"))
+        asked.append(steps)
+    return asked
