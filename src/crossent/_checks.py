@@ -178,16 +178,24 @@ def as_class_index(name: str, index: torch.Tensor) -> torch.Tensor:
     return index.long()
 
 
-def check_index_range(name: str, index: torch.Tensor, num_classes: int) -> None:
-    """Class indices (int64) must lie in [0, num_classes)."""
+def check_index_range(
+    name: str, index: torch.Tensor, num_classes: int, ignore_index: int | None = None
+) -> None:
+    """Class indices (int64) must lie in [0, num_classes), or equal ``ignore_index``."""
     if index.numel() == 0:
         return
     lowest, highest = torch.aminmax(index)
     if bool(lowest < 0) or bool(highest >= num_classes):
-        position = _first((index < 0) | (index >= num_classes))
+        bad = (index < 0) | (index >= num_classes)
+        if ignore_index is not None:
+            bad &= index != ignore_index
+            if not bool(bad.any()):
+                return
+        position = _first(bad)
         where = f" at position {position}" if position else ""
+        also = f" or ignore_index {ignore_index}" if ignore_index is not None else ""
         raise ValueError(
-            f"`{name}` must be class indices in [0, {num_classes}); "
+            f"`{name}` must be class indices in [0, {num_classes}){also}; "
             f"got {index[position].item()}{where}"
         )
 

@@ -1,0 +1,219 @@
+"""The cross-entropy loss as an autograd Function: the gradient is computed in the forward.
+
+One pass over the logits writes both the loss of every row and its gradient (already scaled
+for the reduction); the backward multiplies that gradient by the upstream gradient. See
+:mod:`crossent.torch._cpu` for the math and :mod:`crossent.torch.reference` for the
+definition in plain PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch.autograd.function import once_differentiable
+
+from crossent._checks import Reduction, check_base, check_index_range, check_reduction
+from crossent.torch import _cpu
+from crossent.torch._cpu import Options
+
+
+def cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: Reduction = "mean",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    base: float = math.e,
+    inplace_backward: bool = False,
+) -> torch.Tensor:
+    """Cross entropy H(y, softmax(logits)) of targets under logits, a drop-in for PyTorch's.
+
+    For each example, in nats (divided by ln ``base``), with class weights w, label smoothing
+    ε and soft-capped logits x = s · tanh(x_raw / s) when ``softcap`` = s:
+
+        index target y:   −(1 − ε) w_y log p_y − (ε / C) Σ_j w_j log p_j + z · lse(x)²
+        prob. target t:   −Σ_j w_j ((1 − ε) t_j + ε / C) log p_j + z · lse(x)²
+
+    with p = softmax(x), 0 · log 0 = 0 and z = ``z_loss``. Where PyTorch's
+    ``F.cross_entropy`` is right this equals it; where it is not, this follows the math:
+    an ignored example has loss 0 and gradient exactly 0 even with −inf logits, a probability
+    target of 0 where the logit is −inf contributes 0, and a "mean" over no examples is 0 with
+    a zero gradient (PyTorch: NaN).
+
+    Args:
+        logits: ``(N, C)``, ``(N, C, d1, ...)`` or ``(C,)``; float16/bfloat16 are computed
+            and the loss returned in float32, the gradient in the logits' dtype.
+        target: class indices ``(N,)`` / ``(N, d1, ...)`` (int64), or probabilities of the
+            logits' shape.
+        weight: ``(C,)`` class weights.
+        reduction: "mean" (over examples not ignored, weighted by w_y for index targets),
+            "sum" or "none".
+        inplace_backward: write the gradient over ``logits`` to save memory; the logits are
+            then destroyed, so only use it when nothing else needs them.
+
+    >>> x = torch.tensor([[2.0, 0.0, -1.0]]); y = torch.tensor([0])
+    >>> bool(torch.isclose(cross_entropy(x, y), torch.nn.functional.cross_entropy(x, y)))
+    True
+    """
+    check_reduction(reduction)
+    _check_options(logits, target, weight, label_smoothing, z_loss, softcap)
+    options = Options(weight, ignore_index, float(label_smoothing), float(z_loss), softcap)
+    scale = 1.0 / math.log(check_base(base))
+    result: torch.Tensor = _CrossEntropy.apply(  # type: ignore[no-untyped-call]
+        logits, target, options, reduction, scale, inplace_backward
+    )
+    return result
+
+
+class _CrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        options: Options,
+        reduction: Reduction,
+        scale: float,
+        inplace: bool,
+    ) -> torch.Tensor:
+        rows, row_target = _as_rows(logits), _target_rows(target, logits)
+        if not target.is_floating_point() and rows.device.type == "cpu":
+            check_index_range("target", row_target, rows.shape[1], options.ignore_index)
+        denominator = _denominator(row_target, options, rows.shape[0])
+        wants_grad = ctx.needs_input_grad[0]
+        grad = None
+        if wants_grad:
+            grad = (
+                rows if inplace and rows.data_ptr() == logits.data_ptr() else torch.empty_like(rows)
+            )
+        grad_scale = _grad_scale(row_target, options, reduction, denominator, scale)
+        losses = _cpu.loss_and_grad(rows, row_target, options, grad_scale, grad) * scale
+        ctx.reduction, ctx.logits_shape, ctx.inplace = reduction, logits.shape, inplace
+        if grad is not None:
+            ctx.save_for_backward(grad)
+        return _reduce(losses, reduction, denominator, target, logits)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
+        (grad,) = ctx.saved_tensors
+        upstream = grad_output.reshape(-1, 1) if ctx.reduction == "none" else grad_output
+        if ctx.reduction != "none" and bool(grad_output == 1):
+            pass  # loss.backward() on a mean or sum: the gradient is ready as it is
+        elif ctx.inplace:
+            grad.mul_(upstream.to(grad.dtype))  # the logits' memory; a second backward is wrong
+        else:
+            grad = grad * upstream.to(grad.dtype)  # keeps the saved gradient for retain_graph
+        return (_from_rows(grad, ctx.logits_shape), None, None, None, None, None)
+
+
+def _empty_gradient(rows: torch.Tensor) -> torch.Tensor:
+    """An uninitialised buffer like ``rows``; on the CPU from NumPy, which asks the kernel for
+    huge pages (madvise), so that first writing 500 MB costs 250 page faults, not 130,000."""
+    if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64, torch.float16):
+        return torch.from_numpy(np.empty(tuple(rows.shape), dtype=_NUMPY[rows.dtype]))
+    return torch.empty_like(rows)
+
+
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
+
+
+def _as_rows(logits: torch.Tensor) -> torch.Tensor:
+    """(N, C, d1, ...) → (N·d1·…, C), contiguous; a view when the layout allows."""
+    if logits.dim() == 1:
+        return logits.reshape(1, -1)
+    if logits.dim() == 2:
+        return logits.contiguous()
+    return logits.movedim(1, -1).reshape(-1, logits.shape[1])
+
+
+def _from_rows(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    if len(shape) <= 2:
+        return grad.reshape(shape)
+    moved = (shape[0], *shape[2:], shape[1])
+    return grad.reshape(moved).movedim(-1, 1)
+
+
+def _target_rows(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    if target.is_floating_point():
+        return _as_rows(target)
+    return target.reshape(-1)
+
+
+def _denominator(target: torch.Tensor, options: Options, rows: int) -> torch.Tensor:
+    """What "mean" divides by: Σ w_y over examples not ignored, or N for probability targets."""
+    if target.is_floating_point():
+        return torch.tensor(float(rows), dtype=torch.float64)
+    keep = target != options.ignore_index
+    if options.weight is None:
+        return keep.sum().to(torch.float64)
+    safe = torch.where(keep, target, 0)
+    return torch.where(keep, options.weight.to(torch.float64)[safe], 0.0).sum()
+
+
+def _grad_scale(
+    target: torch.Tensor,
+    options: Options,
+    reduction: Reduction,
+    denominator: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    factor = torch.full((target.shape[0],), scale, dtype=torch.float64)
+    if reduction == "mean":
+        factor = factor * torch.where(denominator == 0, 0.0, 1 / denominator)
+    return factor
+
+
+def _reduce(
+    losses: torch.Tensor,
+    reduction: Reduction,
+    denominator: torch.Tensor,
+    target: torch.Tensor,
+    logits: torch.Tensor,
+) -> torch.Tensor:
+    if reduction == "none":
+        shape = target.shape if not target.is_floating_point() else _example_shape(logits)
+        return losses.reshape(shape)
+    total = losses.sum()
+    if reduction == "sum":
+        return total
+    return torch.where(denominator == 0, 0.0, total / denominator).to(total.dtype)
+
+
+def _example_shape(logits: torch.Tensor) -> torch.Size:
+    return logits.shape[:1] + logits.shape[2:] if logits.dim() > 1 else torch.Size([])
+
+
+def _check_options(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+) -> None:
+    if not logits.is_floating_point():
+        raise TypeError(f"`logits` must be a floating-point tensor; got dtype {logits.dtype}")
+    classes = logits.shape[1] if logits.dim() > 1 else logits.shape[0]
+    if target.is_floating_point() and target.shape != logits.shape:
+        raise ValueError(
+            f"probability `target` must have the shape of `logits` {tuple(logits.shape)}; "
+            f"got {tuple(target.shape)}"
+        )
+    if weight is not None and tuple(weight.shape) != (classes,):
+        raise ValueError(
+            f"`weight` must have shape ({classes},), one per class; got {tuple(weight.shape)}"
+        )
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"`label_smoothing` must be in [0, 1]; got {label_smoothing!r}")
+    if not (z_loss >= 0 and math.isfinite(z_loss)):
+        raise ValueError(f"`z_loss` must be a finite number ≥ 0; got {z_loss!r}")
+    if softcap is not None and not (softcap > 0 and math.isfinite(softcap)):
+        raise ValueError(f"`softcap` must be a finite number > 0 or None; got {softcap!r}")
