@@ -8,7 +8,9 @@ definition in plain PyTorch.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,10 @@ from torch.autograd.function import once_differentiable
 from crossent._checks import Reduction, check_base, check_index_range, check_reduction
 from crossent.torch import _cpu
 from crossent.torch._cpu import Options
+
+Kernel = Callable[
+    [torch.Tensor, torch.Tensor, Options, torch.Tensor | None, torch.Tensor | None], torch.Tensor
+]
 
 
 def cross_entropy(
@@ -94,8 +100,10 @@ class _CrossEntropy(torch.autograd.Function):
                 rows if inplace and rows.data_ptr() == logits.data_ptr() else torch.empty_like(rows)
             )
         grad_scale = _grad_scale(row_target, options, reduction, denominator, scale)
-        losses = _cpu.loss_and_grad(rows, row_target, options, grad_scale, grad) * scale
+        kernel = _kernel_for(rows, row_target)
+        losses = kernel(rows, row_target, options, grad_scale, grad) * scale
         ctx.reduction, ctx.logits_shape, ctx.inplace = reduction, logits.shape, inplace
+        ctx.used = False
         if grad is not None:
             ctx.save_for_backward(grad)
         return _reduce(losses, reduction, denominator, target, logits)
@@ -105,13 +113,36 @@ class _CrossEntropy(torch.autograd.Function):
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
         (grad,) = ctx.saved_tensors
         upstream = grad_output.reshape(-1, 1) if ctx.reduction == "none" else grad_output
-        if ctx.reduction != "none" and bool(grad_output == 1):
+        on_cpu = grad.device.type == "cpu"
+        if on_cpu and ctx.reduction != "none" and bool(grad_output == 1):
             pass  # loss.backward() on a mean or sum: the gradient is ready as it is
-        elif ctx.inplace:
-            grad.mul_(upstream.to(grad.dtype))  # the logits' memory; a second backward is wrong
+        elif ctx.inplace or not on_cpu:
+            # in place, without asking the device whether grad_output is 1 (no host sync);
+            # the saved gradient is then used up, so a second backward is refused
+            if ctx.used:
+                raise RuntimeError(
+                    "crossent.torch.cross_entropy: backward ran twice through the same loss; "
+                    "with inplace_backward=True or on CUDA the gradient is scaled in place, so "
+                    "compute the loss again instead of retain_graph=True"
+                )
+            ctx.used = True
+            grad.mul_(upstream.to(grad.dtype))
         else:
             grad = grad * upstream.to(grad.dtype)  # keeps the saved gradient for retain_graph
         return (_from_rows(grad, ctx.logits_shape), None, None, None, None, None)
+
+
+def _kernel_for(rows: torch.Tensor, target: torch.Tensor) -> Kernel:
+    """The Triton kernel for index targets on a GPU; the chunked torch pass otherwise."""
+    if _use_triton(rows) and not target.is_floating_point():
+        from crossent.torch._triton.cross_entropy import loss_and_grad
+
+        return loss_and_grad
+    return _cpu.loss_and_grad
+
+
+def _use_triton(rows: torch.Tensor) -> bool:
+    return rows.is_cuda and importlib.util.find_spec("triton") is not None
 
 
 def _empty_gradient(rows: torch.Tensor) -> torch.Tensor:

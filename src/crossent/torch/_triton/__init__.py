@@ -1,0 +1,1 @@
+"""Triton kernels, one file each; imported only where Triton is installed."""

@@ -1,0 +1,153 @@
+"""Cross entropy of index targets in one Triton program per row: loss and gradient together.
+
+Per row (C logits x, weights w, W = Σ_j w_j, smoothing ε, z-loss z, soft-cap s, f = the row's
+gradient factor, 1 / denominator for a mean):
+
+    pass 1 (online softmax, arXiv 1805.02867): m = max_j x_j and d = Σ_j exp(x_j − m), updated
+           block by block as m' = max(m, max block), d' = d · exp(m − m') + Σ exp(x − m');
+           also Σ_j w_j x_j when ε > 0.
+           lse = m + log d;  loss = (1 − ε) w_y (lse − x_y) + (ε / C)(W · lse − Σ w x) + z lse²
+    pass 2: dx_j = f · (p_j ((1 − ε) w_y + (ε / C) W + 2 z lse) − (1 − ε) w_y [j = y]
+                   − (ε / C) w_j),  p_j = exp(x_j − lse);  times 1 − tanh²(x_raw / s) if capped
+
+Accumulation is in float32 whatever the logits' dtype; the gradient is stored in the logits'
+dtype. An ignored row gets loss 0 and gradient 0; a label outside [0, C) that is not
+``ignore_index`` gets loss NaN and a NaN gradient row (a kernel cannot raise), so a bad label
+never passes as a number. Nothing is synchronised with the host.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from crossent.torch._cpu import Options
+
+
+@triton.jit
+def _capped(x, SOFTCAP: tl.constexpr, softcap):
+    """s · tanh(x / s), with tanh(a) = 1 − 2 / (exp(2a) + 1) (no libdevice needed)."""
+    if SOFTCAP:
+        x = softcap * (1.0 - 2.0 / (tl.exp(2.0 * x / softcap) + 1.0))
+    return x
+
+
+@triton.heuristics(
+    {
+        "HAS_WEIGHT": lambda a: a["W"] is not None,
+        "WRITE_GRAD": lambda a: a["G"] is not None,
+    }
+)
+@triton.jit
+def _cross_entropy_rows(
+    X,  # (R, C) logits, rows strided by stride_x
+    stride_x,
+    Y,  # (R,) int64 labels
+    W,  # (C,) float32 class weights, or None
+    G,  # (R, C) gradient out, rows strided by stride_g, or None
+    stride_g,
+    F,  # (R,) float32 gradient factor per row
+    LOSS,  # (R,) float32 loss out
+    TOTAL_W,  # () float32 Σ_j w_j, or None (then C)
+    C,
+    ignore_index,
+    eps,
+    z_loss,
+    softcap,
+    SMOOTHING: tl.constexpr,
+    Z_LOSS: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    total_weight = tl.load(TOTAL_W) if HAS_WEIGHT else C.to(tl.float32)
+    x_row = X + row * stride_x
+    y = tl.load(Y + row)
+    ignored = y == ignore_index
+    invalid = ~ignored & ((y < 0) | (y >= C))
+    safe_y = tl.where(ignored | invalid, 0, y)
+
+    # pass 1: running max m and sum d of exp(x − m), and Σ w x for label smoothing
+    m = tl.full((), float("-inf"), tl.float32)
+    d = tl.zeros((), tl.float32)
+    weighted_x = tl.zeros((), tl.float32)
+    for start in range(0, C, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        inside = cols < C
+        x = _capped(tl.load(x_row + cols, mask=inside, other=0.0).to(tl.float32), SOFTCAP, softcap)
+        x = tl.where(inside, x, float("-inf"))  # lanes past C add nothing, capped or not
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # an all −inf block adds 0
+        d = d * tl.exp(m - shift) + tl.sum(tl.exp(x - shift), axis=0)
+        m = m_new
+        if SMOOTHING:
+            w = tl.load(W + cols, mask=inside, other=0.0) if HAS_WEIGHT else inside.to(tl.float32)
+            weighted_x += tl.sum(tl.where(inside, w * x, 0.0), axis=0)
+    lse = m + tl.log(d)
+    x_y = _capped(tl.load(x_row + safe_y).to(tl.float32), SOFTCAP, softcap)
+    w_y = tl.load(W + safe_y) if HAS_WEIGHT else 1.0
+    loss = (1.0 - eps) * w_y * (lse - x_y)
+    if SMOOTHING:
+        loss += eps / C * (total_weight * lse - weighted_x)
+    if Z_LOSS:
+        loss += z_loss * lse * lse
+    loss = tl.where(ignored, 0.0, tl.where(invalid, float("nan"), loss))
+    tl.store(LOSS + row, loss)
+
+    # pass 2: the gradient, read the row again (from L2 when it fits) and write it once
+    if WRITE_GRAD:
+        factor = tl.load(F + row)
+        factor = tl.where(ignored, 0.0, tl.where(invalid, float("nan"), factor))
+        coef = (1.0 - eps) * w_y + eps / C * total_weight
+        if Z_LOSS:
+            coef += 2.0 * z_loss * lse
+        g_row = G + row * stride_g
+        for start in range(0, C, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            inside = cols < C
+            x = _capped(
+                tl.load(x_row + cols, mask=inside, other=0.0).to(tl.float32), SOFTCAP, softcap
+            )
+            p = tl.where(ignored, 0.0, tl.exp(x - lse))
+            g = p * coef - tl.where(cols == safe_y, (1.0 - eps) * w_y, 0.0)
+            if SMOOTHING:
+                w = tl.load(W + cols, mask=inside, other=0.0) if HAS_WEIGHT else 1.0
+                g -= eps / C * w
+            if SOFTCAP:
+                t = x / softcap
+                g *= 1.0 - t * t
+            tl.store(g_row + cols, (g * factor).to(G.dtype.element_ty), mask=inside)
+
+
+def loss_and_grad(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    options: Options,
+    grad_scale: torch.Tensor | None,
+    grad: torch.Tensor | None,
+) -> torch.Tensor:
+    """Row losses ``(R,)`` float32 for logits ``(R, C)`` and index targets; fills ``grad``."""
+    rows, classes = logits.shape
+    losses = torch.empty(rows, dtype=torch.float32, device=logits.device)
+    weight = None if options.weight is None else options.weight.to(logits.device, torch.float32)
+    factor = (
+        torch.ones(rows, dtype=torch.float32, device=logits.device)
+        if grad_scale is None
+        else grad_scale.to(logits.device, torch.float32)
+    )
+    total = None if weight is None else weight.sum()  # stays on the device: no host sync
+    block = min(
+        triton.next_power_of_2(max(classes, 1)), 4096 if logits.element_size() < 4 else 2048
+    )
+    if rows:
+        _cross_entropy_rows[(rows,)](
+            logits, logits.stride(0), target, weight, grad,
+            0 if grad is None else grad.stride(0), factor, losses, total, classes,
+            options.ignore_index, options.label_smoothing, options.z_loss, options.softcap or 1.0,
+            SMOOTHING=options.label_smoothing > 0, Z_LOSS=options.z_loss > 0,
+            SOFTCAP=options.softcap is not None, BLOCK=block,
+        )  # fmt: skip
+    return losses

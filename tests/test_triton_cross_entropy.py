@@ -1,0 +1,86 @@
+"""The Triton kernel against the chunked CPU pass and PyTorch; on the CPU via TRITON_INTERPRET=1.
+
+With a GPU the same tests run on it; without one, Triton's interpreter runs the kernel on
+CPU tensors (small shapes: it is slow), which is how CI checks the kernel.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")  # TRITON_INTERPRET=1 is set by conftest.py without a GPU
+
+from crossent.torch import _cpu, cross_entropy
+from crossent.torch._triton import cross_entropy as kernel
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# the interpreter emulates IEEE arithmetic with NumPy, which warns on log(0) and inf − inf
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+def rows(count: int, classes: int, dtype: torch.dtype = torch.float32, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(count, classes, generator=generator)
+    labels = torch.randint(0, classes, (count,), generator=generator)
+    labels[min(1, count - 1)] = -100
+    logits[0, 0] = -math.inf
+    return logits.to(DEVICE, dtype), labels.to(DEVICE)
+
+
+@pytest.mark.parametrize("classes", [1, 3, 37, 300, 4099])  # 4099: past one block, odd
+def test_kernel_matches_the_chunked_pass_on_every_option(classes: int) -> None:
+    logits, labels = rows(5, classes, seed=classes)
+    weight = torch.rand(classes, generator=torch.Generator().manual_seed(1)).to(DEVICE) + 0.1
+    scale = torch.rand(5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for w, eps, z, cap in itertools.product((None, weight), (0.0, 0.2), (0.0, 1e-2), (None, 2.0)):
+        options = _cpu.Options(w, -100, eps, z, cap)
+        expected_grad, grad = torch.empty_like(logits), torch.empty_like(logits)
+        expected = _cpu.loss_and_grad(logits.cpu(), labels.cpu(), options, scale, expected_grad)
+        got = kernel.loss_and_grad(logits, labels, options, scale.to(DEVICE), grad)
+        message = f"w={w is not None} eps={eps} z={z} softcap={cap}"
+        torch.testing.assert_close(
+            got.cpu(), expected, rtol=1e-5, atol=1e-5, equal_nan=True, msg=message
+        )
+        torch.testing.assert_close(
+            grad.cpu(), expected_grad.cpu(), rtol=1e-5, atol=1e-6, equal_nan=True, msg=message
+        )
+
+
+def test_ignored_rows_are_exactly_zero_and_bad_labels_are_nan() -> None:
+    logits = torch.tensor([[-math.inf, -math.inf, -math.inf], [1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    labels = torch.tensor([-100, 3, 1])  # an ignored all −inf row, an out-of-range label
+    grad = torch.empty_like(logits)
+    options = _cpu.Options(None, -100, 0.0, 0.0, None)
+    loss = kernel.loss_and_grad(logits.to(DEVICE), labels.to(DEVICE), options, None, grad)
+    assert loss[0].item() == 0.0
+    assert torch.equal(grad[0], torch.zeros(3))
+    assert math.isnan(loss[1].item())  # a kernel cannot raise: the number is not a number
+    assert torch.isnan(grad[1]).all()
+    assert math.isclose(loss[2].item(), math.log(3), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_public_function_through_the_kernel(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+) -> None:
+    api = importlib.import_module("crossent.torch.cross_entropy")  # the module, not the function
+    monkeypatch.setattr(api, "_use_triton", lambda _: True)
+    logits, labels = rows(6, 50, dtype)
+    x = logits.clone().requires_grad_(True)
+    loss = cross_entropy(x, labels, label_smoothing=0.1)
+    loss.backward()
+    y = logits.float().clone().requires_grad_(True)
+    expected = F.cross_entropy(y, labels, label_smoothing=0.1)
+    expected.backward()
+    assert loss.dtype == torch.float32
+    assert x.grad is not None
+    assert x.grad.dtype == dtype
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(x.grad.float(), y.grad, rtol=tolerance, atol=tolerance)
