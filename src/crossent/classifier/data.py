@@ -243,7 +243,8 @@ def _parquet_blocks(
     path: Path, column_types: dict[str, pa.DataType], block_bytes: int
 ) -> Iterator[tuple[pa.RecordBatch, int]]:
     """Record batches of a Parquet file, each with the share of the file read so far."""
-    file = pq.ParquetFile(path)
+    # pre_buffer=False: with it, pyarrow keeps reading ahead and memory grows with the file
+    file = pq.ParquetFile(path, pre_buffer=False)
     rows_per_batch = max(1, block_bytes // max(1, 8 * len(file.schema_arrow)))
     total, done = path.stat().st_size, 0
     for batch in file.iter_batches(batch_size=rows_per_batch):
