@@ -1,0 +1,213 @@
+"""Benchmark crossent.torch.cross_entropy against eager PyTorch, torch.compile and Liger-Kernel.
+
+What is measured
+    Forward + backward of the mean cross entropy of index targets: loss = f(logits, target);
+    loss.backward(). The logits exist before the clock starts; the gradient is allocated by
+    the call, as in training. Each provider is warmed up (torch.compile compiles there), then
+    timed --repeat times; reported are the median and the 20th / 80th percentiles.
+
+    CPU (default): N = 4096, C = 32000, float32 — the shape of the issue's targets
+    (≥ 10× eager F.cross_entropy, ≥ 5× torch.compile of it).
+    GPU (--device cuda): bfloat16, N = 16384, C ∈ {32000, 128256}, and the copy bandwidth of
+    the device measured in the same run; the bandwidth of a provider counts one read of the
+    logits and one write of the gradient: 2 · N · C · 2 bytes / time.
+
+Memory
+    Each provider runs in its own process; "extra" is that process's peak memory (CPU: max RSS;
+    GPU: torch.cuda.max_memory_allocated) minus the memory it held once the logits and targets
+    existed. The gradient itself (N · C · itemsize) is the floor of "extra".
+
+Usage:
+    python benchmarks/bench_cross_entropy.py                # CPU → docs/benchmarks/*_cpu.csv
+    python benchmarks/bench_cross_entropy.py --device cuda  # GPU → docs/benchmarks/*_cuda.csv
+    python benchmarks/bench_cross_entropy.py --quick         # small shapes, a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import crossent
+from bench_measures import cpu_model, git_commit, log, write_csv
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+PROVIDERS = ("crossent", "eager", "compile", "liger")
+
+
+def loss_function(provider: str):
+    if provider == "crossent":
+        from crossent.torch import cross_entropy
+
+        return cross_entropy
+    if provider == "eager":
+        return F.cross_entropy
+    if provider == "compile":
+        return torch.compile(F.cross_entropy)
+    from liger_kernel.transformers.functional import liger_cross_entropy
+
+    return liger_cross_entropy
+
+
+def measure(provider: str, device: str, rows: int, classes: int, dtype: str, repeat: int) -> dict:
+    """Time one provider in this process; returns the timings and the memory."""
+    torch.manual_seed(0)
+    logits = torch.randn(rows, classes, device=device, dtype=getattr(torch, dtype))
+    target = torch.randint(0, classes, (rows,), device=device)
+    fn = loss_function(provider)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    baseline = _memory(device)
+
+    def step() -> float:
+        x = logits.detach().requires_grad_(True)
+        sync()
+        start = time.perf_counter()
+        fn(x, target).backward()
+        sync()
+        return time.perf_counter() - start
+
+    for _ in range(2):
+        step()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = [step() for _ in range(repeat)]
+    extra = _memory(device, peak=True) - baseline
+    return {"times": times, "extra_mb": extra / 2**20}
+
+
+def _memory(device: str, peak: bool = False) -> float:
+    if device == "cuda":
+        return float(torch.cuda.max_memory_allocated() if peak else torch.cuda.memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+
+
+def copy_bandwidth(rows: int, classes: int, repeat: int) -> float:
+    """Bytes moved per second by a device copy of the logits (read + write)."""
+    x = torch.randn(rows, classes, device="cuda", dtype=torch.bfloat16)
+    y = torch.empty_like(x)
+    times = []
+    for _ in range(repeat + 2):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        y.copy_(x)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 2 * x.numel() * x.element_size() / statistics.median(times[2:])
+
+
+def in_subprocess(provider: str, args: argparse.Namespace, rows: int, classes: int) -> dict | None:
+    command = [sys.executable, __file__, "--one", provider, "--device", args.device,
+               "--rows", str(rows), "--classes", str(classes), "--dtype", args.dtype,
+               "--repeat", str(args.repeat)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parent)
+    if done.returncode != 0:
+        log(f"  {provider}: failed or not installed ({done.stderr.strip().splitlines()[-1:]})")
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def rows_for(args: argparse.Namespace) -> list[dict]:
+    shapes = [(4096, 32000)] if args.device == "cpu" else [(16384, 32000), (16384, 128256)]
+    if args.quick:
+        shapes = [(256, 4000)]
+    results = []
+    for rows, classes in shapes:
+        copy = copy_bandwidth(rows, classes, args.repeat) if args.device == "cuda" else None
+        measured = {}
+        for provider in PROVIDERS:
+            log(f"{rows} × {classes}: {provider}")
+            outcome = in_subprocess(provider, args, rows, classes)
+            if outcome is not None:
+                measured[provider] = outcome
+        for provider in measured:
+            results.append(summary_row(args, rows, classes, provider, measured, copy))
+    return results
+
+
+def summary_row(
+    args: argparse.Namespace,
+    rows: int,
+    classes: int,
+    provider: str,
+    measured: dict[str, dict],
+    copy: float | None,
+) -> dict:
+    """One provider's line: times, speed-ups, memory, bandwidth."""
+    median = {name: statistics.median(outcome["times"]) for name, outcome in measured.items()}
+    times = measured[provider]["times"]
+    low, _, _, high = statistics.quantiles(times, n=5) if len(times) > 1 else [median[provider]] * 4
+    itemsize = torch.finfo(getattr(torch, args.dtype)).bits // 8
+    traffic = 2 * rows * classes * itemsize  # one read of the logits, one write of the gradient
+    versus = {
+        f"speedup_vs_{anchor}": round(median[anchor] / median[provider], 2) if anchor in median
+        else "" for anchor in ("eager", "compile")
+    }  # fmt: skip
+    return {
+        "device": args.device, "rows": rows, "classes": classes, "dtype": args.dtype,
+        "provider": provider, "median_ms": round(1e3 * median[provider], 3),
+        "p20_ms": round(1e3 * low, 3), "p80_ms": round(1e3 * high, 3), **versus,
+        "extra_memory_mb": round(measured[provider]["extra_mb"], 1),
+        "gradient_mb": round(rows * classes * itemsize / 2**20, 1),
+        "gb_per_s": round(traffic / median[provider] / 1e9, 1),
+        "share_of_copy_bandwidth": round(traffic / median[provider] / copy, 3) if copy else "",
+        "copy_gb_per_s": round(copy / 1e9, 1) if copy else "",
+    }  # fmt: skip
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| device | N × C | dtype | provider | median ms (p20–p80) | vs eager | vs compile "
+             "| extra MB (gradient MB) | GB/s | of copy bw |", "|" + "---|" * 10]  # fmt: skip
+    for r in rows:
+        lines.append(
+            f"| {r['device']} | {r['rows']:,} × {r['classes']:,} | {r['dtype']} | {r['provider']} "
+            f"| {r['median_ms']} ({r['p20_ms']}–{r['p80_ms']}) | {r['speedup_vs_eager']}× "
+            f"| {r['speedup_vs_compile']}× | {r['extra_memory_mb']} ({r['gradient_mb']}) "
+            f"| {r['gb_per_s']} | {r['share_of_copy_bandwidth']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", default=None, help="float32 on the CPU, bfloat16 on CUDA")
+    parser.add_argument("--repeat", type=int, default=None, help="timed calls (5 CPU, 20 GPU)")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--csv", type=Path, default=None)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--classes", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
+    args.repeat = args.repeat or (5 if args.device == "cpu" else 20)
+    if args.one:
+        print(
+            json.dumps(
+                measure(args.one, args.device, args.rows, args.classes, args.dtype, args.repeat)
+            )
+        )
+        return
+    rows = rows_for(args)
+    about = {
+        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else cpu_model(),
+        "threads": str(torch.get_num_threads()), "torch": torch.__version__,
+        "crossent": crossent.__version__, "git_commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d"),
+    }  # fmt: skip
+    csv_path = args.csv or (None if args.quick else DOCS / f"cross_entropy_{args.device}.csv")
+    if csv_path is not None:
+        write_csv(csv_path, rows, about)
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
