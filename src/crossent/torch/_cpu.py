@@ -4,7 +4,7 @@ Each chunk of rows (about 64k numbers, so it stays in L2 cache) is read from mem
 softmax is built in the gradient buffer itself, so besides the gradient there is no N×C
 temporary. For one row (classes j, weights w, W = Σ_j w_j, smoothing ε, z-loss z):
 
-    p_j = exp(x_j − m) / Σ_k exp(x_k − m),   lse = m + log Σ_k exp(x_k − m),   m = max_k x_k
+    p = softmax(x) (torch's fused kernel),   lse = m − log max_j p_j,   m = max_j x_j
 
     index target y:  loss = (1 − ε) w_y (lse − x_y) + (ε / C)(W · lse − Σ_j w_j x_j) + z lse²
                      ∂loss/∂x_j = p_j ((1 − ε) w_y + (ε / C) W + 2 z lse) − (1 − ε) w_y [j = y]
@@ -48,7 +48,7 @@ def loss_and_grad(
 ) -> torch.Tensor:
     """Row losses ``(R,)`` in nats for logits ``(R, C)``; fills ``grad`` ``(R, C)`` if given.
 
-    ``grad_scale`` ``(R,)`` multiplies each row's gradient (1 / denominator for a mean). The
+    ``grad_scale`` (a 0-d tensor) multiplies the gradient (1 / denominator for a mean). The
     computation runs in float64 for float64 logits and in float32 otherwise.
     """
     rows, classes = logits.shape
@@ -61,9 +61,8 @@ def loss_and_grad(
     def run(start: int) -> None:
         stop = min(rows, start + step)
         out = None if grad is None else grad[start:stop]
-        scale = None if grad_scale is None else grad_scale[start:stop]
         losses[start:stop] = _chunk(
-            logits[start:stop], target[start:stop], options, weight, scale, out, compute
+            logits[start:stop], target[start:stop], options, weight, grad_scale, out, compute
         )
 
     starts = range(0, rows, step)
@@ -107,15 +106,14 @@ def _chunk(
     if options.softcap is not None:
         capped = torch.tanh(x / options.softcap)
         x = capped * options.softcap
-    m = x.amax(dim=1, keepdim=True)
     reader = _probability_target if target.is_floating_point() else _index_target
-    part = reader(x, target, options, weight)
-    # exp(x − m) goes where the gradient goes when the dtypes allow (over x itself in-place)
-    e = out if out is not None and out.dtype == compute else None
-    e = torch.sub(x, m, out=e) if e is not None else x - m
-    e.exp_()
-    total = e.sum(dim=1, keepdim=True)
-    lse = m + total.log()
+    part = reader(x, target, options, weight)  # before anything can overwrite x
+    m = x.amax(dim=1, keepdim=True)
+    # p = softmax(x), built where the gradient goes when the dtypes allow and it is not x itself
+    writable = out is not None and out.dtype == compute and out.data_ptr() != x.data_ptr()
+    e = torch.softmax(x, dim=1, out=out) if writable else torch.softmax(x, dim=1)
+    # lse = m − log max_j p_j: the largest p is at least 1 / C, so its log never underflows
+    lse = m - e.amax(dim=1, keepdim=True).log()
     loss = part.loss_at(lse)
     coef = part.coef
     if options.z_loss:
@@ -124,8 +122,10 @@ def _chunk(
     loss = torch.where(part.keep, loss, 0.0)
     if out is None:
         return loss
-    factor = part.keep.to(compute)[:, None] if scale is None else scale[:, None].to(compute)
-    e.mul_(coef * factor / total)  # p_j · coef, scaled: one pass
+    factor = part.keep.to(compute)[:, None]
+    if scale is not None:
+        factor = factor * scale.to(compute)
+    e.mul_(coef * factor)  # p_j · coef, scaled: one pass
     part.subtract(e, factor)
     if capped is not None:
         e.mul_(1 - capped * capped)
@@ -142,7 +142,7 @@ def _index_target(
     eps, classes = options.label_smoothing, x.shape[1]
     keep = target != options.ignore_index
     safe = torch.where(keep, target, 0)[:, None]
-    w_y = weight[safe] if weight is not None else torch.ones(safe.shape, dtype=x.dtype)
+    w_y: torch.Tensor | float = weight[safe] if weight is not None else 1.0
     x_y = x.gather(1, safe)
     total_weight = float(classes) if weight is None else weight.sum()
     weighted_x = (x.sum(dim=1) if weight is None else x @ weight) if eps else None
@@ -159,7 +159,7 @@ def _index_target(
             e.sub_(eps / classes * factor * (weight if weight is not None else 1.0))
 
     coef = (1 - eps) * w_y + eps / classes * total_weight
-    return _Target(keep, loss_at, coef, subtract)
+    return _Target(keep, loss_at, torch.as_tensor(coef, dtype=x.dtype), subtract)
 
 
 def _probability_target(

@@ -99,7 +99,7 @@ class _CrossEntropy(torch.autograd.Function):
             grad = (
                 rows if inplace and rows.data_ptr() == logits.data_ptr() else torch.empty_like(rows)
             )
-        grad_scale = _grad_scale(row_target, options, reduction, denominator, scale)
+        grad_scale = _grad_scale(reduction, denominator, scale)
         kernel = _kernel_for(rows, row_target)
         losses = kernel(rows, row_target, options, grad_scale, grad) * scale
         ctx.reduction, ctx.logits_shape, ctx.inplace = reduction, logits.shape, inplace
@@ -189,17 +189,11 @@ def _denominator(target: torch.Tensor, options: Options, rows: int) -> torch.Ten
     return torch.where(keep, options.weight.to(torch.float64)[safe], 0.0).sum()
 
 
-def _grad_scale(
-    target: torch.Tensor,
-    options: Options,
-    reduction: Reduction,
-    denominator: torch.Tensor,
-    scale: float,
-) -> torch.Tensor:
-    factor = torch.full((target.shape[0],), scale, dtype=torch.float64)
-    if reduction == "mean":
-        factor = factor * torch.where(denominator == 0, 0.0, 1 / denominator)
-    return factor
+def _grad_scale(reduction: Reduction, denominator: torch.Tensor, scale: float) -> torch.Tensor:
+    """What every row's gradient is multiplied by: the unit's scale, over the mean's denominator."""
+    if reduction != "mean":
+        return torch.tensor(scale, dtype=torch.float64)
+    return torch.where(denominator == 0, 0.0, scale / denominator)
 
 
 def _reduce(

@@ -47,7 +47,7 @@ def _cross_entropy_rows(
     W,  # (C,) float32 class weights, or None
     G,  # (R, C) gradient out, rows strided by stride_g, or None
     stride_g,
-    F,  # (R,) float32 gradient factor per row
+    F,  # () float32 gradient factor (1 / denominator for a mean)
     LOSS,  # (R,) float32 loss out
     TOTAL_W,  # () float32 Σ_j w_j, or None (then C)
     C,
@@ -99,7 +99,7 @@ def _cross_entropy_rows(
 
     # pass 2: the gradient, read the row again (from L2 when it fits) and write it once
     if WRITE_GRAD:
-        factor = tl.load(F + row)
+        factor = tl.load(F)
         factor = tl.where(ignored, 0.0, tl.where(invalid, float("nan"), factor))
         coef = (1.0 - eps) * w_y + eps / C * total_weight
         if Z_LOSS:
@@ -129,12 +129,15 @@ def loss_and_grad(
     grad_scale: torch.Tensor | None,
     grad: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Row losses ``(R,)`` float32 for logits ``(R, C)`` and index targets; fills ``grad``."""
+    """Row losses ``(R,)`` float32 for logits ``(R, C)`` and index targets; fills ``grad``.
+
+    ``grad_scale`` is a 0-d tensor that multiplies the whole gradient.
+    """
     rows, classes = logits.shape
     losses = torch.empty(rows, dtype=torch.float32, device=logits.device)
     weight = None if options.weight is None else options.weight.to(logits.device, torch.float32)
     factor = (
-        torch.ones(rows, dtype=torch.float32, device=logits.device)
+        torch.ones((), dtype=torch.float32, device=logits.device)
         if grad_scale is None
         else grad_scale.to(logits.device, torch.float32)
     )
