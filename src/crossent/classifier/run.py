@@ -22,7 +22,6 @@ import pyarrow as pa
 import crossent
 from crossent._files import atomic_folder
 from crossent.classifier import model as saved_model
-from crossent.classifier import plots
 from crossent.classifier.data import LabelledData, split, write_table
 from crossent.classifier.evaluate import Report, Scorecard, logistic_regression_reference
 from crossent.classifier.model import ModelCard, SoftmaxClassifier, standardisation
@@ -105,6 +104,8 @@ def _reference(
 
 def write(run: Run, folder: Path, *, replace: bool = False) -> None:
     """Write the run folder; on any error nothing is left at ``folder``."""
+    from crossent.classifier import plots  # matplotlib: only commands that draw import it
+
     with atomic_folder(folder, replace=replace) as temporary:
         saved_model.save(run.model, temporary)
         (temporary / METRICS).write_text(json.dumps(metrics(run), indent=2) + "\n")
