@@ -263,10 +263,11 @@ def git_commit() -> str:
 
 
 def source_digest() -> str:
-    """The first 12 hex digits of a SHA-256 over the imported crossent package's .py files."""
+    """The first 12 hex digits of a SHA-256 over every .py file of the imported crossent."""
+    root = Path(crossent.__file__).parent
     digest = hashlib.sha256()
-    for path in sorted(Path(crossent.__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
 

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -68,7 +67,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 import crossent
-from bench_measures import cpu_model, git_commit, l3_cache, log, write_csv
+from _load import LoadMeter
+from bench_measures import cpu_model, git_commit, l3_cache, log, source_digest, write_csv
 
 CLASSES = [str(j) for j in range(20)]
 TARGET = "label"
@@ -114,34 +114,6 @@ class PredictionsFile:
 
     def label(self) -> str:
         return f"{self.fmt} {self.size} ({self.rows:,} rows)"
-
-
-class LoadMeter:
-    """CPU time used by other processes while a block runs, in cores (0: a quiet machine)."""
-
-    def __enter__(self) -> LoadMeter:
-        self._busy, self._own, self._wall = _busy_seconds(), _own_seconds(), time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        wall = time.perf_counter() - self._wall
-        other = (_busy_seconds() - self._busy) - (_own_seconds() - self._own)
-        self.cores = max(0.0, other / wall) if wall > 0 else 0.0
-
-
-def _busy_seconds() -> float:
-    """Non-idle CPU time of the whole machine (user, nice, system, irq, softirq, steal)."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return 0.0
-    idle, iowait = fields[3], fields[4]
-    return (sum(fields) - idle - iowait) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_seconds() -> float:
-    times = os.times()
-    return times.user + times.system + times.children_user + times.children_system
 
 
 def check_free_space(folder: Path, sizes: dict[str, int]) -> None:
@@ -303,15 +275,6 @@ def about() -> dict[str, str]:
         "source_sha256": source_digest(),
         "date": datetime.date.today().isoformat(),
     }
-
-
-def source_digest() -> str:
-    """The first 12 hex digits of a SHA-256 over every .py file of the imported crossent."""
-    root = Path(crossent.__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def markdown_table(rows: list[dict]) -> str:
