@@ -96,9 +96,8 @@ class _CrossEntropy(torch.autograd.Function):
         wants_grad = ctx.needs_input_grad[0]
         grad = None
         if wants_grad:
-            grad = (
-                rows if inplace and rows.data_ptr() == logits.data_ptr() else torch.empty_like(rows)
-            )
+            same = inplace and rows.data_ptr() == logits.data_ptr()
+            grad = rows if same else _empty_gradient(rows)
         grad_scale = _grad_scale(reduction, denominator, scale)
         kernel = _kernel_for(rows, row_target)
         losses = kernel(rows, row_target, options, grad_scale, grad) * scale
