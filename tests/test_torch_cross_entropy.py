@@ -243,3 +243,14 @@ def test_bad_options_are_named(options: dict, message: str) -> None:
 def test_probability_targets_must_have_the_logits_shape() -> None:
     with pytest.raises(ValueError, match=r"must have the shape of `logits` \(2, 3\); got \(2, 4\)"):
         cross_entropy(torch.randn(2, 3), torch.rand(2, 4))
+
+
+def test_torch_compile_fullgraph() -> None:
+    """The pass is a registered operator, so torch.compile needs no graph break."""
+    compiled = torch.compile(cross_entropy, fullgraph=True)
+    logits, index, _, weight = problem((6, 5), torch.float32)
+    for options in ({}, {"weight": weight, "label_smoothing": 0.1, "reduction": "sum"}):
+        ours = value_and_grad(compiled, logits, index, **options)
+        theirs = value_and_grad(F.cross_entropy, logits, index, **options)
+        for a, b in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)

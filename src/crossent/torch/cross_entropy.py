@@ -90,20 +90,25 @@ class _CrossEntropy(torch.autograd.Function):
         inplace: bool,
     ) -> torch.Tensor:
         rows, row_target = _as_rows(logits), _target_rows(target, logits)
-        if not target.is_floating_point() and rows.device.type == "cpu":
+        checkable = rows.device.type == "cpu" and not torch.compiler.is_compiling()
+        if not target.is_floating_point() and checkable:
             check_index_range("target", row_target, rows.shape[1], options.ignore_index)
         denominator = _denominator(row_target, options, rows.shape[0])
-        wants_grad = ctx.needs_input_grad[0]
-        grad = None
-        if wants_grad:
-            same = inplace and rows.data_ptr() == logits.data_ptr()
-            grad = rows if same else _empty_gradient(rows)
         grad_scale = _grad_scale(reduction, denominator, scale)
-        kernel = _kernel_for(rows, row_target)
-        losses = kernel(rows, row_target, options, grad_scale, grad) * scale
+        wants_grad = bool(ctx.needs_input_grad[0])
+        if inplace and wants_grad and rows.data_ptr() == logits.data_ptr():
+            grad: torch.Tensor | None = rows  # the logits' own memory: not through the op
+            losses = _kernel_for(rows, row_target)(rows, row_target, options, grad_scale, grad)
+        else:
+            losses, grad = torch.ops.crossent.cross_entropy_rows(
+                rows, row_target, options.weight, options.ignore_index,
+                options.label_smoothing, options.z_loss, options.softcap or 0.0, grad_scale,
+                wants_grad,
+            )  # fmt: skip
+        losses = losses * scale
         ctx.reduction, ctx.logits_shape, ctx.inplace = reduction, logits.shape, inplace
         ctx.used = False
-        if grad is not None:
+        if wants_grad:
             ctx.save_for_backward(grad)
         return _reduce(losses, reduction, denominator, target, logits)
 
@@ -112,7 +117,7 @@ class _CrossEntropy(torch.autograd.Function):
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
         (grad,) = ctx.saved_tensors
         upstream = grad_output.reshape(-1, 1) if ctx.reduction == "none" else grad_output
-        on_cpu = grad.device.type == "cpu"
+        on_cpu = grad.device.type == "cpu" and not torch.compiler.is_compiling()
         if on_cpu and ctx.reduction != "none" and bool(grad_output == 1):
             pass  # loss.backward() on a mean or sum: the gradient is ready as it is
         elif ctx.inplace or not on_cpu:
@@ -129,6 +134,48 @@ class _CrossEntropy(torch.autograd.Function):
         else:
             grad = grad * upstream.to(grad.dtype)  # keeps the saved gradient for retain_graph
         return (_from_rows(grad, ctx.logits_shape), None, None, None, None, None)
+
+
+@torch.library.custom_op("crossent::cross_entropy_rows", mutates_args=())
+def _cross_entropy_rows(
+    rows: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float,
+    grad_scale: torch.Tensor,
+    wants_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row losses (nats) and, if wanted, the scaled gradient (else an empty tensor).
+
+    A registered operator, so that torch.compile treats the pass as one opaque call
+    (fullgraph=True works) instead of tracing into its chunk loop.
+    """
+    options = Options(weight, ignore_index, label_smoothing, z_loss, softcap or None)
+    grad = _empty_gradient(rows) if wants_grad else rows.new_empty(0)
+    losses = _kernel_for(rows, target)(
+        rows, target, options, grad_scale, grad if wants_grad else None
+    )
+    return losses, grad
+
+
+@_cross_entropy_rows.register_fake
+def _(
+    rows: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float,
+    grad_scale: torch.Tensor,
+    wants_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    compute = torch.float64 if rows.dtype == torch.float64 else torch.float32
+    losses = rows.new_empty(rows.shape[0], dtype=compute)
+    return losses, torch.empty_like(rows) if wants_grad else rows.new_empty(0)
 
 
 def _kernel_for(rows: torch.Tensor, target: torch.Tensor) -> Kernel:
