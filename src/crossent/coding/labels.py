@@ -25,7 +25,7 @@ import json
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -207,10 +207,6 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], np.ndarray]:
             f"{name} is damaged: {len(words)} payload words, header says {header['payload_words']}"
         )
     return header, words
-
-
-def summary_dict(summary: Summary) -> dict[str, Any]:
-    return {**asdict(summary), "overhead_bits": summary.overhead_bits}
 
 
 def _write(path: Path, header: dict[str, Any], words: np.ndarray) -> int:
