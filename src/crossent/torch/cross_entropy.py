@@ -20,6 +20,7 @@ from torch.autograd.function import once_differentiable
 from crossent._checks import Reduction, check_base, check_index_range, check_reduction
 from crossent.torch import _cpu
 from crossent.torch._cpu import Options
+from crossent.torch.reference import reduce_rows
 
 Kernel = Callable[
     [torch.Tensor, torch.Tensor, Options, torch.Tensor | None, torch.Tensor | None], torch.Tensor
@@ -110,7 +111,7 @@ class _CrossEntropy(torch.autograd.Function):
         ctx.used = False
         if wants_grad:
             ctx.save_for_backward(grad)
-        return _reduce(losses, reduction, denominator, target, logits)
+        return reduce_rows(losses, denominator, reduction, logits, target)
 
     @staticmethod
     @once_differentiable
@@ -240,26 +241,6 @@ def _grad_scale(reduction: Reduction, denominator: torch.Tensor, scale: float) -
     if reduction != "mean":
         return torch.tensor(scale, dtype=torch.float64)
     return torch.where(denominator == 0, 0.0, scale / denominator)
-
-
-def _reduce(
-    losses: torch.Tensor,
-    reduction: Reduction,
-    denominator: torch.Tensor,
-    target: torch.Tensor,
-    logits: torch.Tensor,
-) -> torch.Tensor:
-    if reduction == "none":
-        shape = target.shape if not target.is_floating_point() else _example_shape(logits)
-        return losses.reshape(shape)
-    total = losses.sum()
-    if reduction == "sum":
-        return total
-    return torch.where(denominator == 0, 0.0, total / denominator).to(total.dtype)
-
-
-def _example_shape(logits: torch.Tensor) -> torch.Size:
-    return logits.shape[:1] + logits.shape[2:] if logits.dim() > 1 else torch.Size([])
 
 
 def _check_options(

@@ -51,7 +51,7 @@ def cross_entropy_reference(
             log_p, target.reshape(-1), w, ignore_index, label_smoothing
         )
     row = torch.where(keep, row + z_loss * lse**2, 0.0)
-    return _reduce(row, denominator, reduction, logits, target) / math.log(base)
+    return reduce_rows(row, denominator, reduction, logits, target) / math.log(base)
 
 
 def _rows(tensor: torch.Tensor) -> torch.Tensor:
@@ -80,20 +80,22 @@ def _probability_rows(
     return -terms.sum(dim=-1), torch.tensor(float(log_p.shape[0]), dtype=torch.float64)
 
 
-def _reduce(
+def reduce_rows(
     row: torch.Tensor,
     denominator: torch.Tensor,
     reduction: Reduction,
     logits: torch.Tensor,
     target: torch.Tensor,
 ) -> torch.Tensor:
+    """Per-example losses ``row`` in the target's layout ("none"), summed, or their mean over
+    ``denominator`` (0 when it is 0), in the losses' dtype."""
     if reduction == "none":
         shape = target.shape if not target.is_floating_point() else _example_shape(logits)
         return row.reshape(shape)
     total = row.sum()
     if reduction == "sum":
         return total
-    return torch.where(denominator == 0, 0.0, total / denominator)
+    return torch.where(denominator == 0, 0.0, total / denominator).to(total.dtype)
 
 
 def _example_shape(logits: torch.Tensor) -> torch.Size:
