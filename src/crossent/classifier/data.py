@@ -129,9 +129,7 @@ def feature_matrix(
         kinds = ", ".join(f"{name!r} ({table.schema.field(name).type})" for name in text)
         raise ValueError(f"features must be numeric; {source} has non-numeric columns {kinds}")
     for name, column in zip(names, columns, strict=True):
-        if column.null_count:
-            row = first_row + _first_true(column.is_null())
-            raise ValueError(f"feature {name!r} has a missing value at row {row} of {source}")
+        check_no_missing(column, f"feature {name!r}", source, first_row)
     matrix = np.column_stack([_floats(column) for column in columns])
     _check_finite(matrix, names, source, first_row)
     return matrix
@@ -151,6 +149,15 @@ def encode_labels(
             f"the {len(classes)} classes {_listing(classes)}"
         )
     return np.asarray(index.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def check_no_missing(
+    column: pa.ChunkedArray | pa.Array, what: str, source: str, first_row: int = 0
+) -> None:
+    """A column must have no missing value; the message names the first one's row."""
+    if column.null_count:
+        row = first_row + _first_true(column.is_null())
+        raise ValueError(f"{what} has a missing value at row {row} of {source}")
 
 
 def check_columns(have: Sequence[str], want: Sequence[str], what: str, source: str) -> None:

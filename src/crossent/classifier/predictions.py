@@ -18,6 +18,7 @@ import torch
 from crossent._checks import sum_tolerance
 from crossent.classifier.data import (
     check_columns,
+    check_no_missing,
     column_names,
     encode_labels,
     feature_matrix,
@@ -110,9 +111,7 @@ def _class_columns(path: str | os.PathLike[str], target: str) -> list[str]:
 
 
 def _floats(column: pa.ChunkedArray, name: str, first_row: int, source: str) -> np.ndarray:
-    if column.null_count:
-        row = first_row + int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ValueError(f"class column {name!r} has a missing value at row {row} of {source}")
+    check_no_missing(column, f"class column {name!r}", source, first_row)
     return np.asarray(column.to_numpy(), dtype=np.float64)
 
 

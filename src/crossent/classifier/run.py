@@ -83,17 +83,17 @@ def fit(
         held_out,
         log_probs,
         scorecard.report(),
-        _reference(train_part, held_out, options) if reference else None,
+        _reference(train_part, held_out, card, options) if reference else None,
         settings,
         len(train_part.labels),
     )
 
 
 def _reference(
-    train_part: LabelledData, held_out: LabelledData, options: SGDOptions
+    train_part: LabelledData, held_out: LabelledData, card: ModelCard, options: SGDOptions
 ) -> dict[str, Any]:
-    """scikit-learn's LogisticRegression on the same standardised split."""
-    mean, scale = (np.asarray(v) for v in standardisation(train_part.features))
+    """scikit-learn's LogisticRegression on the split, standardised as the model's input."""
+    mean, scale = np.asarray(card.mean), np.asarray(card.scale)
     return logistic_regression_reference(
         ((train_part.features - mean) / scale, train_part.labels),
         ((held_out.features - mean) / scale, held_out.labels),
