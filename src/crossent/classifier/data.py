@@ -84,9 +84,7 @@ def _rows(data: LabelledData, rows: np.ndarray) -> LabelledData:
 
 def read_table(path: str | os.PathLike[str]) -> pa.Table:
     """The whole of a CSV or Parquet file, its column types inferred."""
-    path = Path(path)
-    kind = file_kind(path)
-    _check_exists(path)
+    path, kind = _existing(path)
     if kind == "csv":
         return pa_csv.read_csv(path)
     return pq.read_table(path)
@@ -94,9 +92,7 @@ def read_table(path: str | os.PathLike[str]) -> pa.Table:
 
 def column_names(path: str | os.PathLike[str]) -> list[str]:
     """The column names of a CSV or Parquet file, read from its header."""
-    path = Path(path)
-    kind = file_kind(path)
-    _check_exists(path)
+    path, kind = _existing(path)
     if kind == "parquet":
         return list(pq.read_schema(path).names)
     with path.open("rb") as file:
@@ -190,9 +186,7 @@ def stream(
 
     ``on_bytes(done, total)`` reports progress through the file.
     """
-    path = Path(path)
-    kind = file_kind(path)
-    _check_exists(path)
+    path, kind = _existing(path)
     total = path.stat().st_size
     blocks = _csv_blocks if kind == "csv" else _parquet_blocks
     for batch, done in blocks(path, column_types, block_bytes):
@@ -318,9 +312,13 @@ def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:
     return int(np.flatnonzero(np.asarray(mask.to_numpy(zero_copy_only=False)))[0])
 
 
-def _check_exists(path: Path) -> None:
+def _existing(path: str | os.PathLike[str]) -> tuple[Path, str]:
+    """A file to read, and its kind; a wrong suffix or a missing file is an error."""
+    path = Path(path)
+    kind = file_kind(path)
     if not path.is_file():
         raise ValueError(f"no such file: {str(path)!r}")
+    return path, kind
 
 
 def _listing(names: Sequence[str], limit: int = 20) -> str:
