@@ -97,15 +97,16 @@ class _CrossEntropy(torch.autograd.Function):
         denominator = _denominator(row_target, options, rows.shape[0])
         grad_scale = _grad_scale(reduction, denominator, scale)
         wants_grad = bool(ctx.needs_input_grad[0])
-        if inplace and wants_grad and rows.data_ptr() == logits.data_ptr():
-            grad: torch.Tensor | None = rows  # the logits' own memory: not through the op
-            losses = _kernel_for(rows, row_target)(rows, row_target, options, grad_scale, grad)
-        else:
+        if torch.compiler.is_compiling():  # one opaque operator for the compiler to trace
             losses, grad = torch.ops.crossent.cross_entropy_rows(
                 rows, row_target, options.weight, options.ignore_index,
                 options.label_smoothing, options.z_loss, options.softcap or 0.0, grad_scale,
                 wants_grad,
             )  # fmt: skip
+        else:  # eager: the same pass without the operator's dispatch (0.1 ms per call)
+            in_place = inplace and wants_grad and rows.data_ptr() == logits.data_ptr()
+            grad = rows if in_place else _empty_gradient(rows) if wants_grad else None
+            losses = _kernel_for(rows, row_target)(rows, row_target, options, grad_scale, grad)
         losses = losses * scale
         ctx.reduction, ctx.logits_shape, ctx.inplace = reduction, logits.shape, inplace
         ctx.used = False
