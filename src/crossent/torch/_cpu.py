@@ -45,11 +45,14 @@ def loss_and_grad(
     options: Options,
     grad_scale: torch.Tensor | None,
     grad: torch.Tensor | None,
+    lse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Row losses ``(R,)`` in nats for logits ``(R, C)``; fills ``grad`` ``(R, C)`` if given.
 
-    ``grad_scale`` (a 0-d tensor) multiplies the gradient (1 / denominator for a mean). The
-    computation runs in float64 for float64 logits and in float32 otherwise.
+    ``grad_scale`` multiplies the gradient: a 0-d tensor (1 / denominator for a mean) or one
+    factor per row ``(R,)`` (an upstream gradient). ``lse`` ``(R,)``, if given, receives each
+    row's log-sum-exp. ``grad`` may be ``logits`` itself: the gradient then overwrites them.
+    The computation runs in float64 for float64 logits and in float32 otherwise.
     """
     rows, classes = logits.shape
     compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
@@ -61,9 +64,16 @@ def loss_and_grad(
     def run(start: int) -> None:
         stop = min(rows, start + step)
         out = None if grad is None else grad[start:stop]
-        losses[start:stop] = _chunk(
-            logits[start:stop], target[start:stop], options, weight, grad_scale, out, compute
+        scale = (
+            grad_scale
+            if grad_scale is None or grad_scale.dim() == 0
+            else grad_scale[start:stop, None]
         )
+        losses[start:stop], row_lse = _chunk(
+            logits[start:stop], target[start:stop], options, weight, scale, out, compute
+        )
+        if lse is not None:
+            lse[start:stop] = row_lse
 
     starts = range(0, rows, step)
     threads = torch.get_num_threads()
@@ -100,7 +110,8 @@ def _chunk(
     scale: torch.Tensor | None,
     out: torch.Tensor | None,
     compute: torch.dtype,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunk's row losses and log-sum-exps; its gradient into ``out`` if given."""
     x = x_in.to(compute)  # the same memory when the dtype is already right
     capped = None
     if options.softcap is not None:
@@ -121,7 +132,7 @@ def _chunk(
         coef = coef + 2 * options.z_loss * lse
     loss = torch.where(part.keep, loss, 0.0)
     if out is None:
-        return loss
+        return loss, lse[:, 0]
     factor = part.keep.to(compute)[:, None]
     if scale is not None:
         factor = factor * scale.to(compute)
@@ -133,7 +144,7 @@ def _chunk(
         e.masked_fill_(~part.keep[:, None], 0.0)  # also clears a NaN row of all −inf logits
     if e is not out:
         out.copy_(e)
-    return loss
+    return loss, lse[:, 0]
 
 
 def _index_target(

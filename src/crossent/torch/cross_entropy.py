@@ -117,25 +117,33 @@ class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
-        (grad,) = ctx.saved_tensors
-        upstream = grad_output.reshape(-1, 1) if ctx.reduction == "none" else grad_output
-        on_cpu = grad.device.type == "cpu" and not torch.compiler.is_compiling()
-        if on_cpu and ctx.reduction != "none" and bool(grad_output == 1):
-            pass  # loss.backward() on a mean or sum: the gradient is ready as it is
-        elif ctx.inplace or not on_cpu:
-            # in place, without asking the device whether grad_output is 1 (no host sync);
-            # the saved gradient is then used up, so a second backward is refused
-            if ctx.used:
-                raise RuntimeError(
-                    "crossent.torch.cross_entropy: backward ran twice through the same loss; "
-                    "with inplace_backward=True or on CUDA the gradient is scaled in place, so "
-                    "compute the loss again instead of retain_graph=True"
-                )
-            ctx.used = True
-            grad.mul_(upstream.to(grad.dtype))
-        else:
-            grad = grad * upstream.to(grad.dtype)  # keeps the saved gradient for retain_graph
+        (grad,) = scale_saved(ctx, ctx.saved_tensors, grad_output, "cross_entropy")
         return (_from_rows(grad, ctx.logits_shape), None, None, None, None, None)
+
+
+def scale_saved(
+    ctx: Any, grads: tuple[torch.Tensor, ...], grad_output: torch.Tensor, name: str
+) -> tuple[torch.Tensor, ...]:
+    """Gradients computed in the forward, times the upstream gradient ``grad_output``.
+
+    On the CPU a plain ``loss.backward()`` (upstream exactly 1) costs nothing; elsewhere the
+    product is taken in place without asking the device whether it is 1 (no host sync), which
+    uses the saved gradients up, so a second backward is refused with a clear error.
+    """
+    upstream = grad_output.reshape(-1, 1) if ctx.reduction == "none" else grad_output
+    on_cpu = grads[0].device.type == "cpu" and not torch.compiler.is_compiling()
+    if on_cpu and ctx.reduction != "none" and bool(grad_output == 1):
+        return grads  # loss.backward() on a mean or sum: the gradients are ready as they are
+    if ctx.inplace or not on_cpu:
+        if ctx.used:
+            raise RuntimeError(
+                f"crossent.torch.{name}: backward ran twice through the same loss; with "
+                "inplace_backward=True or on CUDA the gradient is scaled in place, so compute "
+                "the loss again instead of retain_graph=True"
+            )
+        ctx.used = True
+        return tuple(grad.mul_(upstream.to(grad.dtype)) for grad in grads)
+    return tuple(grad * upstream.to(grad.dtype) for grad in grads)  # kept for retain_graph
 
 
 @torch.library.custom_op("crossent::cross_entropy_rows", mutates_args=())
@@ -260,6 +268,17 @@ def _check_options(
             f"probability `target` must have the shape of `logits` {tuple(logits.shape)}; "
             f"got {tuple(target.shape)}"
         )
+    check_loss_options(classes, weight, label_smoothing, z_loss, softcap)
+
+
+def check_loss_options(
+    classes: int,
+    weight: torch.Tensor | None,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+) -> None:
+    """The options every form of the loss shares: class weights and the three numbers."""
     if weight is not None and tuple(weight.shape) != (classes,):
         raise ValueError(
             f"`weight` must have shape ({classes},), one per class; got {tuple(weight.shape)}"

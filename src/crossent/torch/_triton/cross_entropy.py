@@ -37,6 +37,7 @@ def _capped(x, SOFTCAP: tl.constexpr, softcap):
     {
         "HAS_WEIGHT": lambda a: a["W"] is not None,
         "WRITE_GRAD": lambda a: a["G"] is not None,
+        "WRITE_LSE": lambda a: a["LSE"] is not None,
     }
 )
 @triton.jit
@@ -47,8 +48,10 @@ def _cross_entropy_rows(
     W,  # (C,) float32 class weights, or None
     G,  # (R, C) gradient out, rows strided by stride_g, or None
     stride_g,
-    F,  # () float32 gradient factor (1 / denominator for a mean)
+    F,  # float32 gradient factor: () for all rows (1 / denominator for a mean), or (R,)
+    stride_f,  # 0 for one factor, 1 for one per row
     LOSS,  # (R,) float32 loss out
+    LSE,  # (R,) float32 log-sum-exp out, or None
     TOTAL_W,  # () float32 Σ_j w_j, or None (then C)
     C,
     ignore_index,
@@ -60,6 +63,7 @@ def _cross_entropy_rows(
     SOFTCAP: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
+    WRITE_LSE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -96,10 +100,12 @@ def _cross_entropy_rows(
         loss += z_loss * lse * lse
     loss = tl.where(ignored, 0.0, tl.where(invalid, float("nan"), loss))
     tl.store(LOSS + row, loss)
+    if WRITE_LSE:
+        tl.store(LSE + row, lse)
 
     # pass 2: the gradient, read the row again (from L2 when it fits) and write it once
     if WRITE_GRAD:
-        factor = tl.load(F)
+        factor = tl.load(F + row * stride_f)
         factor = tl.where(ignored, 0.0, tl.where(invalid, float("nan"), factor))
         coef = (1.0 - eps) * w_y + eps / C * total_weight
         if Z_LOSS:
@@ -128,10 +134,13 @@ def loss_and_grad(
     options: Options,
     grad_scale: torch.Tensor | None,
     grad: torch.Tensor | None,
+    lse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Row losses ``(R,)`` float32 for logits ``(R, C)`` and index targets; fills ``grad``.
 
-    ``grad_scale`` is a 0-d tensor that multiplies the whole gradient.
+    As :func:`crossent.torch._cpu.loss_and_grad`: ``grad_scale`` is a 0-d tensor that
+    multiplies the whole gradient or one factor per row, ``grad`` may be ``logits`` itself,
+    and ``lse`` (float32) receives the rows' log-sum-exps.
     """
     rows, classes = logits.shape
     losses = torch.empty(rows, dtype=torch.float32, device=logits.device)
@@ -139,7 +148,7 @@ def loss_and_grad(
     factor = (
         torch.ones((), dtype=torch.float32, device=logits.device)
         if grad_scale is None
-        else grad_scale.to(logits.device, torch.float32)
+        else grad_scale.to(logits.device, torch.float32).contiguous()
     )
     total = None if weight is None else weight.sum()  # stays on the device: no host sync
     block = min(
@@ -148,7 +157,8 @@ def loss_and_grad(
     if rows:
         _cross_entropy_rows[(rows,)](
             logits, logits.stride(0), target, weight, grad,
-            0 if grad is None else grad.stride(0), factor, losses, total, classes,
+            0 if grad is None else grad.stride(0), factor, 1 if factor.dim() else 0, losses, lse,
+            total, classes,
             options.ignore_index, options.label_smoothing, options.z_loss, options.softcap or 1.0,
             SMOOTHING=options.label_smoothing > 0, Z_LOSS=options.z_loss > 0,
             SOFTCAP=options.softcap is not None, BLOCK=block,
