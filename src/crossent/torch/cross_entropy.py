@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -22,9 +21,19 @@ from crossent.torch import _cpu
 from crossent.torch._cpu import Options
 from crossent.torch.reference import reduce_rows
 
-Kernel = Callable[
-    [torch.Tensor, torch.Tensor, Options, torch.Tensor | None, torch.Tensor | None], torch.Tensor
-]
+
+class Kernel(Protocol):
+    """A pass over rows of logits: their losses; their gradient and log-sum-exps if asked."""
+
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        options: Options,
+        grad_scale: torch.Tensor | None,
+        grad: torch.Tensor | None,
+        lse: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
 
 
 def cross_entropy(
