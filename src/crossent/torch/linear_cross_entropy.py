@@ -17,7 +17,9 @@ The weight's gradient is summed over chunks in float32 by default, whatever W's 
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +36,8 @@ from crossent.torch.cross_entropy import (
 )
 from crossent.torch.reference import reduce_rows
 
-CHUNK_BYTES = 32 << 20  # one chunk of logits: 32 MiB, under 10% of a 4096 × 32000 fp32 matrix
+CHUNK_BYTES = {"cpu": 32 << 20}  # one chunk of logits: on the CPU 32 MiB, under 10% of
+CHUNK_BYTES_ELSEWHERE = 256 << 20  # a 4096 × 32000 fp32 matrix; on a GPU 256 MiB
 MIN_CHUNK_ROWS = 8  # fewer rows per matrix product would waste it
 
 
@@ -52,6 +55,7 @@ def linear_cross_entropy(
     softcap: float | None = None,
     base: float = math.e,
     chunk_size: int | None = None,
+    low_memory: bool | None = None,
     weight_grad_dtype: torch.dtype | None = torch.float32,
     return_lse: bool = False,
 ) -> Any:
@@ -70,6 +74,11 @@ def linear_cross_entropy(
         class_weight: ``(C,)`` weights of the classes (``weight`` of ``F.cross_entropy``).
         chunk_size: rows of logits held at once; by default as many as fit in
             :data:`CHUNK_BYTES` (at least :data:`MIN_CHUNK_ROWS`).
+        low_memory: use the Triton kernels of
+            :mod:`crossent.torch._triton.linear_cross_entropy`, which hold no logits at all
+            (O(N) memory besides the float32 gradient sums; 8·N·D·C flops; index targets,
+            no ``class_weight``; not bit-deterministic). None: only on a GPU, and only when
+            :data:`MIN_CHUNK_ROWS` rows of logits would not fit in the chunk budget.
         weight_grad_dtype: the dtype the weight's (and bias's) gradient is summed in across
             chunks, float32 by default (summing bfloat16 chunk by chunk loses precision), or
             the weight's dtype where that is wider; None sums in the weight's own dtype,
@@ -77,8 +86,9 @@ def linear_cross_entropy(
         return_lse: also return each example's log-sum-exp of the (soft-capped) logits, in
             nats, float32, in the target's layout, without gradient.
 
-    Chunks run in a fixed order and the weight's gradient is summed in that order, so results
-    are bit-identical from run to run on the same machine and thread count.
+    In the chunked mode (the default) chunks run in a fixed order and the weight's gradient is
+    summed in that order, so results are bit-identical from run to run on the same machine and
+    thread count.
 
     >>> h = torch.randn(6, 4); w = torch.randn(5, 4); y = torch.tensor([0, 1, 2, 3, 4, 0])
     >>> loss = linear_cross_entropy(h, w, y, chunk_size=4)
@@ -91,11 +101,19 @@ def linear_cross_entropy(
     if chunk_size is not None and (isinstance(chunk_size, bool) or chunk_size < 1):
         raise ValueError(f"`chunk_size` must be a whole number ≥ 1 or None; got {chunk_size!r}")
     options = Options(class_weight, ignore_index, float(label_smoothing), float(z_loss), softcap)
+    chunk_rows = chunk_size or default_chunk_rows(weight.shape[0], hidden)
+    if low_memory is None:
+        low_memory = hidden.is_cuda and weight.shape[0] * hidden.element_size() * MIN_CHUNK_ROWS > (
+            CHUNK_BYTES_ELSEWHERE
+        )
+    if low_memory:
+        _check_low_memory(hidden, target, class_weight)
     plan = _Plan(
         options,
         reduction,
         1.0 / math.log(check_base(base)),
-        chunk_size or default_chunk_rows(weight.shape[0], hidden.element_size()),
+        chunk_rows,
+        bool(low_memory),
         weight_grad_dtype,
         target.shape if not target.is_floating_point() else hidden.shape[:-1],
     )
@@ -105,9 +123,26 @@ def linear_cross_entropy(
     return (loss, lse.reshape(plan.example_shape)) if return_lse else loss
 
 
-def default_chunk_rows(classes: int, itemsize: int) -> int:
-    """Rows of logits that fit in :data:`CHUNK_BYTES`, at least :data:`MIN_CHUNK_ROWS`."""
-    return max(MIN_CHUNK_ROWS, CHUNK_BYTES // max(1, classes * itemsize))
+def default_chunk_rows(classes: int, hidden: torch.Tensor) -> int:
+    """Rows of logits that fit in the device's chunk budget, at least :data:`MIN_CHUNK_ROWS`."""
+    budget = CHUNK_BYTES.get(hidden.device.type, CHUNK_BYTES_ELSEWHERE)
+    return max(MIN_CHUNK_ROWS, budget // max(1, classes * hidden.element_size()))
+
+
+def _check_low_memory(
+    hidden: torch.Tensor, target: torch.Tensor, class_weight: torch.Tensor | None
+) -> None:
+    if target.is_floating_point() or class_weight is not None:
+        raise ValueError(
+            "`low_memory=True` takes class-index targets without `class_weight`; got "
+            + ("probability targets" if target.is_floating_point() else "a class_weight")
+        )
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if importlib.util.find_spec("triton") is None or not (hidden.is_cuda or interpreted):
+        raise ValueError(
+            "`low_memory=True` runs Triton kernels: it needs triton and a CUDA device (or "
+            f"TRITON_INTERPRET=1 to interpret them on the CPU); got hidden on {hidden.device}"
+        )
 
 
 @dataclass(frozen=True)
@@ -118,6 +153,7 @@ class _Plan:
     reduction: Reduction
     scale: float  # 1 / ln(base)
     chunk_rows: int
+    low_memory: bool
     weight_grad_dtype: torch.dtype | None
     example_shape: torch.Size
 
@@ -150,7 +186,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         wants = tuple(bool(w) for w in ctx.needs_input_grad[:3])
         in_forward = reduction != "none" and any(wants)
         scale = _grad_scale(reduction, denominator, plan.scale) if in_forward else None
-        result = _run(hidden, weight, bias, target, plan, scale, wants if in_forward else ())
+        result = _run(hidden, weight, bias, target, plan, scale, wants if in_forward else (), None)
         ctx.plan, ctx.wants, ctx.reduction, ctx.inplace, ctx.used = (
             plan,
             wants,
@@ -163,7 +199,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grads = tuple(g for g in (result.hidden, result.weight, result.bias) if g is not None)
             ctx.save_for_backward(*grads)
         elif any(wants):
-            ctx.save_for_backward(hidden, weight, bias, target)
+            ctx.save_for_backward(hidden, weight, bias, target, result.lse)
         ctx.mark_non_differentiable(result.lse)
         loss = reduce_rows(result.losses * plan.scale, denominator, reduction, hidden, target)
         return loss, result.lse
@@ -172,10 +208,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx: Any, grad_loss: torch.Tensor, _grad_lse: Any) -> tuple[Any, ...]:
         plan, wants = ctx.plan, ctx.wants
         if plan.reduction == "none":  # the upstream gradient differs by row: compute again
-            hidden, weight, bias, target = ctx.saved_tensors
+            hidden, weight, bias, target, lse = ctx.saved_tensors
             wide = torch.promote_types(hidden.dtype, torch.float32)
             upstream = grad_loss.reshape(-1).to(wide) * plan.scale
-            result = _run(hidden, weight, bias, target, plan, upstream, wants)
+            result = _run(hidden, weight, bias, target, plan, upstream, wants, lse)
             grads = [result.hidden, result.weight, result.bias]
         else:
             saved = iter(scale_saved(ctx, ctx.saved_tensors, grad_loss, "linear_cross_entropy"))
@@ -194,9 +230,13 @@ def _run(
     plan: _Plan,
     grad_scale: torch.Tensor | None,
     wants: tuple[bool, ...],
+    lse: torch.Tensor | None,
 ) -> _Pass:
-    """One pass over the rows, chunk by chunk; the gradients in ``wants`` (hidden, weight,
-    bias), each row's gradient multiplied by ``grad_scale`` (0-d, or one factor per row)."""
+    """One pass over the rows: losses, log-sum-exps, and the gradients in ``wants`` (hidden,
+    weight, bias), each row's gradient multiplied by ``grad_scale`` (0-d, or one factor per
+    row). The low-memory kernels reuse a known ``lse``; the chunked pass computes it again."""
+    if plan.low_memory:
+        return _run_tiles(hidden, weight, bias, target, plan, grad_scale, wants, lse)
     rows, classes = hidden.shape[0], weight.shape[0]
     compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     accumulate = torch.promote_types(plan.weight_grad_dtype or weight.dtype, weight.dtype)
@@ -228,6 +268,32 @@ def _run(
     return out
 
 
+def _run_tiles(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    plan: _Plan,
+    grad_scale: torch.Tensor | None,
+    wants: tuple[bool, ...],
+    lse: torch.Tensor | None,
+) -> _Pass:
+    """:func:`_run` by the low-memory Triton kernels, tile by tile."""
+    from crossent.torch._triton import linear_cross_entropy as tiles
+
+    if lse is None:
+        losses, lse = tiles.forward(hidden, weight, bias, target, plan.options)
+    else:
+        losses = lse.new_empty(0)  # the backward wants gradients only
+    out = _Pass(losses, lse)
+    if grad_scale is not None and any(wants):
+        options = plan.options
+        out.hidden, out.weight, out.bias = tiles.gradients(
+            hidden, weight, bias, target, options, lse, grad_scale, wants
+        )
+    return out
+
+
 def _multiply_out(
     grad: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, out: _Pass, start: int
 ) -> None:
@@ -249,7 +315,7 @@ def _add_product(total: torch.Tensor, grad: torch.Tensor, h: torch.Tensor) -> No
     if total.dtype == grad.dtype:
         total.addmm_(grad.T, h)
         return
-    block = max(1, CHUNK_BYTES // max(1, h.shape[1] * grad.element_size()))
+    block = max(1, CHUNK_BYTES["cpu"] // max(1, h.shape[1] * grad.element_size()))
     for start in range(0, total.shape[0], block):
         total[start : start + block] += grad[:, start : start + block].T @ h
 

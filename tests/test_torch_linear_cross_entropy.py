@@ -1,0 +1,331 @@
+"""crossent.torch.linear_cross_entropy against the unfused head: F.linear, then the loss.
+
+The oracle is crossent.torch.cross_entropy (itself checked against PyTorch and a float64
+reference) on the logits F.linear makes, in float64 so that only the chunking can differ;
+torch's own F.linear_cross_entropy is a second, independent check where torch has it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from crossent.torch import LinearCrossEntropy, cross_entropy, linear_cross_entropy
+
+
+def head(
+    rows: int = 23, dim: int = 12, classes: int = 17, dtype: torch.dtype = torch.float64, seed=0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hidden rows, a weight and a bias that want gradients, and labels with ignored rows."""
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(rows, dim, generator=generator, dtype=dtype).requires_grad_()
+    weight = torch.randn(classes, dim, generator=generator, dtype=dtype).requires_grad_()
+    bias = torch.randn(classes, generator=generator, dtype=dtype).requires_grad_()
+    labels = torch.randint(0, classes, (rows,), generator=generator)
+    labels[[min(1, rows - 1), min(4, rows - 1)]] = -100
+    return hidden, weight, bias, labels
+
+
+def value_and_grads(loss_of, tensors, upstream_seed: int = 7):
+    """The loss and its gradients for a random upstream gradient (so "none" is checked too)."""
+    loss = loss_of()
+    upstream = torch.randn(loss.shape, generator=torch.Generator().manual_seed(upstream_seed))
+    grads = torch.autograd.grad(loss, tensors, upstream.to(loss.dtype))
+    return loss, grads
+
+
+def assert_close_all(ours, theirs, **tolerance) -> None:
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, **tolerance)
+
+
+OPTIONS = [
+    {},
+    {"label_smoothing": 0.2},
+    {"z_loss": 1e-2},
+    {"softcap": 3.0},
+    {"label_smoothing": 0.1, "z_loss": 1e-3, "softcap": 5.0},
+]
+
+
+@pytest.mark.parametrize(
+    ("reduction", "options", "use_bias", "weighted", "probabilities"),
+    list(
+        itertools.product(
+            ["mean", "sum", "none"], OPTIONS, [True, False], [False, True], [False, True]
+        )
+    ),
+)
+def test_equals_the_unfused_head_on_every_combination(
+    reduction, options, use_bias, weighted, probabilities
+) -> None:
+    hidden, weight, bias, labels = head()
+    classes = weight.shape[0]
+    class_weight = torch.rand(classes, dtype=torch.float64) + 0.5 if weighted else None
+    target = (
+        torch.softmax(torch.randn(len(labels), classes, dtype=torch.float64), -1)
+        if probabilities
+        else labels
+    )
+    b = bias if use_bias else None
+    kwargs = dict(reduction=reduction, **options)
+    tensors = (hidden, weight, bias) if use_bias else (hidden, weight)
+    ours = value_and_grads(
+        lambda: linear_cross_entropy(
+            hidden, weight, target, bias=b, class_weight=class_weight, chunk_size=5, **kwargs
+        ),
+        tensors,
+    )
+    theirs = value_and_grads(
+        lambda: cross_entropy(F.linear(hidden, weight, b), target, weight=class_weight, **kwargs),
+        tensors,
+    )
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-12, atol=1e-12)
+    assert_close_all(ours[1], theirs[1], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.skipif(
+    not hasattr(F, "linear_cross_entropy"), reason="torch has no F.linear_cross_entropy"
+)
+@pytest.mark.parametrize(
+    ("reduction", "label_smoothing", "weighted"),
+    list(itertools.product(["mean", "sum", "none"], [0.0, 0.3], [False, True])),
+)
+def test_equals_torchs_own_linear_cross_entropy(reduction, label_smoothing, weighted) -> None:
+    hidden, weight, bias, labels = head(dtype=torch.float32)
+    class_weight = torch.rand(weight.shape[0]) + 0.5 if weighted else None
+    kwargs = dict(reduction=reduction, label_smoothing=label_smoothing)
+    ours = value_and_grads(
+        lambda: linear_cross_entropy(
+            hidden, weight, labels, bias=bias, class_weight=class_weight, chunk_size=8, **kwargs
+        ),
+        (hidden, weight, bias),
+    )
+    theirs = value_and_grads(
+        lambda: F.linear_cross_entropy(
+            hidden, weight, labels, linear_bias=bias, weight=class_weight, **kwargs
+        ),
+        (hidden, weight, bias),
+    )
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-5, atol=1e-5)
+    assert_close_all(ours[1], theirs[1], rtol=1e-4, atol=1e-5)
+
+
+@given(
+    rows=st.integers(1, 40),
+    dim=st.integers(1, 9),
+    classes=st.integers(1, 30),
+    chunk=st.integers(1, 50),
+    seed=st.integers(0, 2**31),
+)
+def test_any_shape_and_chunk_size_gives_the_unfused_answer(rows, dim, classes, chunk, seed):
+    hidden, weight, bias, _ = head(rows, dim, classes, seed=seed)
+    labels = torch.randint(0, classes, (rows,), generator=torch.Generator().manual_seed(seed))
+    tensors = (hidden, weight, bias)
+    ours = value_and_grads(
+        lambda: linear_cross_entropy(hidden, weight, labels, bias=bias, chunk_size=chunk), tensors
+    )
+    theirs = value_and_grads(
+        lambda: F.cross_entropy(F.linear(hidden, weight, bias), labels), tensors
+    )
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-12, atol=1e-12)
+    assert_close_all(ours[1], theirs[1], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_gradcheck_in_float64(reduction) -> None:
+    hidden, weight, bias, labels = head(7, 4, 6)
+    assert torch.autograd.gradcheck(
+        lambda h, w, b: linear_cross_entropy(
+            h, w, labels, bias=b, reduction=reduction, chunk_size=3, label_smoothing=0.1,
+            z_loss=1e-2, softcap=4.0,
+        ),
+        (hidden, weight, bias),
+    )  # fmt: skip
+
+
+def test_leading_dimensions_and_the_log_sum_exp() -> None:
+    hidden, weight, bias, labels = head(24, 5, 9)
+    batch = hidden.detach().reshape(4, 6, 5)
+    loss, lse = linear_cross_entropy(
+        batch, weight, labels.reshape(4, 6), bias=bias, reduction="none", softcap=2.0,
+        return_lse=True, chunk_size=5,
+    )  # fmt: skip
+    logits = 2.0 * torch.tanh(F.linear(batch, weight, bias) / 2.0)
+    torch.testing.assert_close(lse, torch.logsumexp(logits, -1).detach())
+    assert loss.shape == lse.shape == (4, 6)
+    assert not lse.requires_grad
+    expected = F.cross_entropy(logits.reshape(24, 9), labels, reduction="none").reshape(4, 6)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_ignored_rows_contribute_exactly_nothing() -> None:
+    """pytorch#11551: an ignored example's gradient is exactly 0, whatever its logits."""
+    hidden, weight, bias, labels = head()
+    with torch.no_grad():
+        hidden[1] = 1e30  # logits of ±inf for this ignored row
+    loss = linear_cross_entropy(hidden, weight, labels, bias=bias, chunk_size=4)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.all(hidden.grad[1] == 0)
+    assert torch.isfinite(weight.grad).all()
+
+
+def test_all_rows_ignored_gives_zero_with_zero_gradients() -> None:
+    hidden, weight, bias, labels = head()
+    loss = linear_cross_entropy(hidden, weight, torch.full_like(labels, -100), bias=bias)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(torch.all(t.grad == 0) for t in (hidden, weight, bias))
+
+
+def test_bfloat16_loss_is_float32_and_no_worse_than_eager() -> None:
+    hidden, weight, bias, labels = head(256, 64, 300, seed=3)
+    exact_loss, exact_grads = value_and_grads(
+        lambda: F.cross_entropy(F.linear(hidden, weight, bias), labels), (hidden, weight)
+    )
+    low = [t.detach().bfloat16().requires_grad_() for t in (hidden, weight, bias)]
+    ours, our_grads = value_and_grads(
+        lambda: linear_cross_entropy(low[0], low[1], labels, bias=low[2], chunk_size=16),
+        low[:2],
+    )
+    eager, eager_grads = value_and_grads(
+        lambda: F.cross_entropy(F.linear(low[0], low[1], low[2]), labels), low[:2]
+    )
+    assert ours.dtype == torch.float32
+    assert our_grads[1].dtype == torch.bfloat16
+    assert abs(ours.double() - exact_loss) <= abs(eager.double() - exact_loss) + 1e-3
+    for mine, theirs, exact in zip(our_grads, eager_grads, exact_grads, strict=True):
+        my_error = (mine.double() - exact).norm() / exact.norm()
+        assert my_error <= (theirs.double() - exact).norm() / exact.norm() + 2e-3
+
+
+def test_weight_gradient_summed_in_float32_beats_summing_in_bfloat16() -> None:
+    """Many chunks of bfloat16 gradient summed in bfloat16 lose precision (the divergence in
+    REFERENCE.md §2); the float32 default does not."""
+    hidden, weight, _bias, labels = head(2048, 32, 64, seed=5)
+    hidden, weight = hidden.detach().bfloat16(), weight.detach().bfloat16()
+    exact_w = weight.double().requires_grad_()  # the same bfloat16 numbers, computed exactly
+    loss = F.cross_entropy(F.linear(hidden.double(), exact_w), labels)
+    exact = torch.autograd.grad(loss, exact_w)[0]
+    errors = {}
+    for dtype in (torch.float32, None):
+        w = weight.clone().requires_grad_()
+        loss = linear_cross_entropy(hidden, w, labels, chunk_size=2, weight_grad_dtype=dtype)
+        (grad,) = torch.autograd.grad(loss, w)
+        errors[dtype] = ((grad.double() - exact).norm() / exact.norm()).item()
+    assert errors[torch.float32] < errors[None] / 4, errors  # measured: 0.0029 vs 0.018
+
+
+def test_runs_are_bit_identical() -> None:
+    results = []
+    for _ in range(2):
+        hidden, weight, bias, labels = head(300, 16, 50, dtype=torch.float32)
+        loss = linear_cross_entropy(hidden, weight, labels, bias=bias, chunk_size=64)
+        loss.backward()
+        results.append([loss, hidden.grad, weight.grad, bias.grad])
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest number of elements any operator produced."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, tuple | list) else [out]:
+            if isinstance(tensor, torch.Tensor):
+                self.largest = max(self.largest, tensor.numel())
+        return out
+
+
+def test_no_tensor_as_large_as_the_logits_is_ever_made() -> None:
+    rows, dim, classes, chunk = 512, 16, 4000, 32
+    hidden, weight, bias, labels = head(rows, dim, classes, dtype=torch.float32)
+    with LargestTensor() as ours:
+        linear_cross_entropy(hidden, weight, labels, bias=bias, chunk_size=chunk).backward()
+    with LargestTensor() as unfused:
+        F.cross_entropy(F.linear(hidden, weight, bias), labels).backward()
+    assert unfused.largest == rows * classes
+    assert ours.largest == chunk * classes  # the one chunk of logits, whose gradient it becomes
+
+
+def test_reduction_none_backward_and_a_second_backward() -> None:
+    hidden, weight, bias, labels = head()
+    loss = linear_cross_entropy(hidden, weight, labels, bias=bias, chunk_size=6)
+    loss.backward(retain_graph=True)
+    first = weight.grad.clone()
+    loss.backward()  # on the CPU the saved gradients are kept for retain_graph
+    torch.testing.assert_close(weight.grad, 2 * first)
+
+
+def test_the_unit_follows_base() -> None:
+    hidden, weight, bias, labels = head()
+    nats = linear_cross_entropy(hidden, weight, labels, bias=bias)
+    bits = linear_cross_entropy(hidden, weight, labels, bias=bias, base=2)
+    torch.testing.assert_close(bits, nats / math.log(2))
+
+
+def test_the_module_is_a_head_and_trains() -> None:
+    torch.manual_seed(0)
+    hidden = torch.randn(200, 8)
+    labels = (hidden[:, 0] > 0).long() + 2 * (hidden[:, 1] > 0).long()
+    model = LinearCrossEntropy(8, 4, chunk_size=50)
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.5)
+    losses = []
+    for _ in range(30):
+        optimiser.zero_grad()
+        loss = model(hidden, labels)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    expected = F.cross_entropy(model.logits(hidden), labels)
+    torch.testing.assert_close(model(hidden, labels), expected)
+    linear = torch.nn.Linear(8, 4)
+    shared = LinearCrossEntropy.from_linear(linear, label_smoothing=0.1)
+    assert shared.weight is linear.weight
+    assert next(iter(shared.parameters())) is linear.weight
+    torch.testing.assert_close(
+        shared(hidden, labels), F.cross_entropy(linear(hidden), labels, label_smoothing=0.1)
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"target": torch.tensor([0, 1, 17, 2])}, r"class indices in \[0, 17\).*got 17 at"),
+        ({"weight": torch.randn(17, 5)}, r"`weight` must be \(C, D\) with D = hidden.shape"),
+        ({"weight": torch.randn(17, 12).double()}, r"dtype of `hidden`"),
+        ({"bias": torch.randn(16)}, r"`bias` must have shape \(17,\)"),
+        ({"target": torch.tensor([0, 1])}, r"index `target` must have shape \(4,\)"),
+        ({"chunk_size": 0}, r"`chunk_size` must be a whole number ≥ 1"),
+        ({"label_smoothing": 1.5}, r"`label_smoothing` must be in \[0, 1\]"),
+        ({"class_weight": torch.ones(3)}, r"`weight` must have shape \(17,\)"),
+    ],
+)
+def test_bad_input_is_a_clear_error(change, message) -> None:
+    arguments = {
+        "hidden": torch.randn(4, 12),
+        "weight": torch.randn(17, 12),
+        "target": torch.tensor([0, 1, 2, 3]),
+    }
+    arguments |= change
+    with pytest.raises((ValueError, TypeError), match=message):
+        linear_cross_entropy(**arguments)
+
+
+def test_low_memory_needs_index_targets_and_triton() -> None:
+    hidden, weight, _, labels = head(dtype=torch.float32)
+    with pytest.raises(ValueError, match="class-index targets without `class_weight`"):
+        linear_cross_entropy(hidden, weight, labels, class_weight=torch.ones(17), low_memory=True)
