@@ -35,7 +35,7 @@ from crossent.torch._triton.cross_entropy import _capped
 def _logits_tile(
     H, Wt, B, rows, cols, N, C, D, softcap,
     HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, PRECISION: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    UPCAST: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):  # fmt: skip
     """Logits of ``rows`` × ``cols`` in float32: Σ_k h[i, k] W[j, k] + b[j], soft-capped."""
     acc = tl.zeros((BM, BN), tl.float32)
@@ -51,17 +51,27 @@ def _logits_tile(
             mask=(cols[None, :] < C) & (ks[:, None] < D),
             other=0.0,
         )
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        acc = tl.dot(_operand(a, UPCAST), _operand(b, UPCAST), acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(B + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
     return _capped(acc, SOFTCAP, softcap)
 
 
 @triton.jit
+def _operand(x, UPCAST: tl.constexpr):
+    """A matrix product's operand; float32 under the interpreter, whose bfloat16 products
+    are wrong (Triton 3.9), rounded to the input dtype first so the numbers stay the same."""
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
 def _forward(
     H, Wt, B, Y, PARTS, N, C, D, blocks_per_split, softcap,
     HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, SMOOTHING: tl.constexpr,
-    PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    BK: tl.constexpr,
 ):  # fmt: skip
     """Per row and class split: running max, Σ exp(x − max), x_y and Σ_j x_j into PARTS."""
     split = tl.program_id(1)
@@ -76,7 +86,7 @@ def _forward(
     for block in range(first, last):
         cols = block * BN + tl.arange(0, BN)
         x = _logits_tile(
-            H, Wt, B, rows, cols, N, C, D, softcap, HAS_BIAS, SOFTCAP, PRECISION, BM, BN, BK
+            H, Wt, B, rows, cols, N, C, D, softcap, HAS_BIAS, SOFTCAP, PRECISION, UPCAST, BM, BN, BK
         )
         inside = cols[None, :] < C
         x = tl.where(inside, x, float("-inf"))
@@ -100,13 +110,14 @@ def _backward(
     H, Wt, B, Y, LSE, F, stride_f, DH, DW, DB, N, C, D, ignore_index, eps, z_loss, softcap,
     HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, SMOOTHING: tl.constexpr,
     Z_LOSS: tl.constexpr, WANT_H: tl.constexpr, WANT_W: tl.constexpr, WANT_B: tl.constexpr,
-    PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    BK: tl.constexpr,
 ):  # fmt: skip
     """One tile's gradient of the logits, multiplied out into ∂h, ∂W and ∂b (atomic adds)."""
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.program_id(1) * BN + tl.arange(0, BN)
     x = _logits_tile(
-        H, Wt, B, rows, cols, N, C, D, softcap, HAS_BIAS, SOFTCAP, PRECISION, BM, BN, BK
+        H, Wt, B, rows, cols, N, C, D, softcap, HAS_BIAS, SOFTCAP, PRECISION, UPCAST, BM, BN, BK
     )
     live = rows < N
     lse = tl.load(LSE + rows, mask=live, other=0.0)
@@ -126,7 +137,7 @@ def _backward(
     g = tl.where(cols[None, :] < C, g * factor[:, None], 0.0)
     if WANT_B:
         tl.atomic_add(DB + cols, tl.sum(g, axis=0), mask=cols < C)
-    g_in = g.to(H.dtype.element_ty)
+    g_in = _operand(g.to(H.dtype.element_ty), UPCAST)
     for k in range(0, D, BK):
         ks = k + tl.arange(0, BK)
         if WANT_H:
@@ -137,7 +148,7 @@ def _backward(
             )
             tl.atomic_add(
                 DH + rows[:, None] * D + ks[None, :],
-                tl.dot(g_in, w, input_precision=PRECISION),
+                tl.dot(g_in, _operand(w, UPCAST), input_precision=PRECISION),
                 mask=live[:, None] & (ks[None, :] < D),
             )
         if WANT_W:
@@ -148,7 +159,7 @@ def _backward(
             )
             tl.atomic_add(
                 DW + cols[:, None] * D + ks[None, :],
-                tl.dot(tl.trans(g_in), h, input_precision=PRECISION),
+                tl.dot(tl.trans(g_in), _operand(h, UPCAST), input_precision=PRECISION),
                 mask=(cols[:, None] < C) & (ks[None, :] < D),
             )
 
@@ -166,6 +177,7 @@ def _flags(hidden: torch.Tensor, bias: torch.Tensor | None, options: Options) ->
         "HAS_BIAS": bias is not None,
         "SOFTCAP": options.softcap is not None,
         "PRECISION": "ieee" if hidden.dtype == torch.float32 else "tf32",
+        "UPCAST": not hidden.is_cuda,
     }
 
 

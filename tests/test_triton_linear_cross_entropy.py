@@ -1,0 +1,117 @@
+"""The low-memory Triton kernels of linear_cross_entropy against the chunked pass.
+
+Without a GPU they run in Triton's interpreter (TRITON_INTERPRET=1, set by conftest.py) on
+CPU tensors at small shapes; with one, the same tests run on it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+
+from crossent.torch import linear_cross_entropy
+from crossent.torch._cpu import Options
+from crossent.torch._triton import linear_cross_entropy as tiles
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+def head(rows: int, dim: int, classes: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    tensors = [
+        torch.randn(rows, dim, generator=generator),
+        torch.randn(classes, dim, generator=generator) / math.sqrt(dim) * 3,
+        torch.randn(classes, generator=generator),
+    ]
+    labels = torch.randint(0, classes, (rows,), generator=generator)
+    labels[min(2, rows - 1)] = -100
+    hidden, weight, bias = (t.to(DEVICE).requires_grad_() for t in tensors)
+    return hidden, weight, bias, labels.to(DEVICE)
+
+
+def loss_and_grads(tensors, **kwargs):
+    hidden, weight, bias, labels = tensors
+    loss = linear_cross_entropy(hidden, weight, labels, bias=bias, **kwargs)
+    upstream = torch.rand(loss.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    return [loss, *torch.autograd.grad(loss, (hidden, weight, bias), upstream)]
+
+
+OPTIONS = [
+    {},
+    {"label_smoothing": 0.15},
+    {"z_loss": 1e-2},
+    {"softcap": 4.0},
+    {"label_smoothing": 0.1, "z_loss": 1e-3, "softcap": 6.0},
+]
+
+
+@pytest.mark.parametrize(
+    ("reduction", "options"), list(itertools.product(["mean", "sum", "none"], OPTIONS))
+)
+def test_tiles_match_the_chunked_pass(reduction, options) -> None:
+    # 37 rows, 50 classes, 20 features: partial tiles on every side, and two class splits
+    tensors = head(37, 20, 50, seed=len(options))
+    tiled = loss_and_grads(tensors, reduction=reduction, low_memory=True, **options)
+    chunked = loss_and_grads(tensors, reduction=reduction, chunk_size=8, **options)
+    for a, b in zip(tiled, chunked, strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)
+
+
+def test_tiles_without_bias_and_the_log_sum_exp() -> None:
+    hidden, weight, _, labels = head(19, 33, 70)
+    loss, lse = linear_cross_entropy(
+        hidden, weight, labels, reduction="none", low_memory=True, return_lse=True
+    )
+    logits = F.linear(hidden, weight)
+    torch.testing.assert_close(lse, torch.logsumexp(logits, -1).detach(), rtol=1e-5, atol=1e-5)
+    expected = F.cross_entropy(logits, labels, reduction="none")
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_tiles_in_bfloat16() -> None:
+    hidden, weight, bias, labels = (
+        t.detach().bfloat16().requires_grad_() if t.is_floating_point() else t
+        for t in head(24, 32, 40)
+    )
+    tiled = loss_and_grads((hidden, weight, bias, labels), low_memory=True)
+    exact = loss_and_grads(
+        [t.detach().double().requires_grad_() for t in (hidden, weight, bias)] + [labels]
+    )
+    assert tiled[0].dtype == torch.float32
+    assert [g.dtype for g in tiled[1:]] == [torch.bfloat16] * 3
+    for a, b in zip(tiled, exact, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=2e-2, atol=2e-2)
+
+
+def test_all_rows_ignored_gives_zero_with_zero_gradients() -> None:
+    hidden, weight, bias, labels = head(9, 8, 20)
+    loss = linear_cross_entropy(
+        hidden, weight, torch.full_like(labels, -100), bias=bias, low_memory=True
+    )
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(torch.all(t.grad == 0) for t in (hidden, weight, bias))
+
+
+def test_a_bad_label_in_the_kernel_gives_nan_never_a_number() -> None:
+    """The kernels cannot raise; on a GPU a label outside [0, C) makes the loss NaN."""
+    hidden, weight, _bias, labels = head(6, 8, 20)
+    labels[0] = 25
+    options = Options(None, -100, 0.0, 0.0, None)
+    loss, lse = tiles.forward(hidden.detach(), weight.detach(), None, labels, options)
+    assert math.isnan(loss[0].item())
+    assert torch.isfinite(loss[1:]).all()
+    assert torch.isfinite(lse).all()
+    grads = tiles.gradients(
+        hidden.detach(), weight.detach(), None, labels, options, lse,
+        torch.tensor(1.0), (True, True, False),
+    )  # fmt: skip
+    assert torch.isnan(grads[0][0]).all()
+    assert torch.isnan(grads[1]).any()
