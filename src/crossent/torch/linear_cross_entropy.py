@@ -158,6 +158,16 @@ class _Plan:
     example_shape: torch.Size
 
 
+@dataclass(frozen=True)
+class _Head:
+    """The tensors of one call: hidden rows (N, D), the weight (C, D), the bias, the targets."""
+
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    target: torch.Tensor
+
+
 @dataclass
 class _Pass:
     """What one pass over the chunks produces: losses, log-sum-exps and the gradients asked for."""
@@ -186,14 +196,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         wants = tuple(bool(w) for w in ctx.needs_input_grad[:3])
         in_forward = reduction != "none" and any(wants)
         scale = _grad_scale(reduction, denominator, plan.scale) if in_forward else None
-        result = _run(hidden, weight, bias, target, plan, scale, wants if in_forward else (), None)
-        ctx.plan, ctx.wants, ctx.reduction, ctx.inplace, ctx.used = (
-            plan,
-            wants,
-            reduction,
-            False,
-            False,
-        )
+        head = _Head(hidden, weight, bias, target)
+        result = _run(head, plan, scale, wants if in_forward else (), None)
+        ctx.plan, ctx.wants, ctx.reduction = plan, wants, reduction
+        ctx.inplace = ctx.used = False  # as scale_saved reads them
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         if in_forward:
             grads = tuple(g for g in (result.hidden, result.weight, result.bias) if g is not None)
@@ -211,7 +217,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             hidden, weight, bias, target, lse = ctx.saved_tensors
             wide = torch.promote_types(hidden.dtype, torch.float32)
             upstream = grad_loss.reshape(-1).to(wide) * plan.scale
-            result = _run(hidden, weight, bias, target, plan, upstream, wants, lse)
+            result = _run(_Head(hidden, weight, bias, target), plan, upstream, wants, lse)
             grads = [result.hidden, result.weight, result.bias]
         else:
             saved = iter(scale_saved(ctx, ctx.saved_tensors, grad_loss, "linear_cross_entropy"))
@@ -223,10 +229,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def _run(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    target: torch.Tensor,
+    head: _Head,
     plan: _Plan,
     grad_scale: torch.Tensor | None,
     wants: tuple[bool, ...],
@@ -236,7 +239,8 @@ def _run(
     weight, bias), each row's gradient multiplied by ``grad_scale`` (0-d, or one factor per
     row). The low-memory kernels reuse a known ``lse``; the chunked pass computes it again."""
     if plan.low_memory:
-        return _run_tiles(hidden, weight, bias, target, plan, grad_scale, wants, lse)
+        return _run_tiles(head, plan, grad_scale, wants, lse)
+    hidden, weight, bias, target = head.hidden, head.weight, head.bias, head.target
     rows, classes = hidden.shape[0], weight.shape[0]
     compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     accumulate = torch.promote_types(plan.weight_grad_dtype or weight.dtype, weight.dtype)
@@ -269,10 +273,7 @@ def _run(
 
 
 def _run_tiles(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    target: torch.Tensor,
+    head: _Head,
     plan: _Plan,
     grad_scale: torch.Tensor | None,
     wants: tuple[bool, ...],
@@ -281,15 +282,15 @@ def _run_tiles(
     """:func:`_run` by the low-memory Triton kernels, tile by tile."""
     from crossent.torch._triton import linear_cross_entropy as tiles
 
+    tensors = (head.hidden, head.weight, head.bias, head.target)
     if lse is None:
-        losses, lse = tiles.forward(hidden, weight, bias, target, plan.options)
+        losses, lse = tiles.forward(*tensors, plan.options)
     else:
         losses = lse.new_empty(0)  # the backward wants gradients only
     out = _Pass(losses, lse)
     if grad_scale is not None and any(wants):
-        options = plan.options
         out.hidden, out.weight, out.bias = tiles.gradients(
-            hidden, weight, bias, target, options, lse, grad_scale, wants
+            *tensors, plan.options, lse, grad_scale, wants
         )
     return out
 
