@@ -13,9 +13,10 @@ What is measured
     logits and one write of the gradient: 2 · N · C · 2 bytes / time.
 
 Memory
-    Each provider runs in its own process; "extra" is that process's peak memory (CPU: max RSS;
-    GPU: torch.cuda.max_memory_allocated) minus the memory it held once the logits and targets
-    existed. The gradient itself (N · C · itemsize) is the floor of "extra".
+    Each provider runs in its own process; "extra" is that process's peak memory during the
+    timed calls (CPU: resident set size; GPU: torch.cuda.max_memory_allocated) minus the
+    memory it held between calls, with the logits and targets, after the warm-up (see
+    _harness.py). The gradient itself (N · C · itemsize) is the floor of "extra".
 
 Usage:
     python benchmarks/bench_cross_entropy.py                # CPU → docs/benchmarks/*_cpu.csv
@@ -26,21 +27,23 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-import crossent
-from bench_measures import cpu_model, git_commit, log, write_csv
+from _harness import (
+    DOCS,
+    about,
+    emit,
+    importable,
+    percentiles,
+    run_isolated,
+    time_calls,
+)
+from bench_measures import log, write_csv
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 PROVIDERS = ("crossent", "eager", "compile", "liger")
 
 
@@ -64,55 +67,30 @@ def measure(provider: str, device: str, rows: int, classes: int, dtype: str, rep
     logits = torch.randn(rows, classes, device=device, dtype=getattr(torch, dtype))
     target = torch.randint(0, classes, (rows,), device=device)
     fn = loss_function(provider)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    baseline = _memory(device)
-
-    def step() -> float:
-        x = logits.detach().requires_grad_(True)
-        sync()
-        start = time.perf_counter()
-        fn(x, target).backward()
-        sync()
-        return time.perf_counter() - start
-
-    for _ in range(2):
-        step()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times = [step() for _ in range(repeat)]
-    extra = _memory(device, peak=True) - baseline
-    return {"times": times, "extra_mb": extra / 2**20}
-
-
-def _memory(device: str, peak: bool = False) -> float:
-    if device == "cuda":
-        return float(torch.cuda.max_memory_allocated() if peak else torch.cuda.memory_allocated())
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+    timed = time_calls(
+        lambda: logits.detach().requires_grad_(True),
+        lambda x: fn(x, target).backward(),
+        device,
+        repeat,
+    )
+    return {"times": timed.times, "extra_mb": timed.extra_bytes / 2**20}
 
 
 def copy_bandwidth(rows: int, classes: int, repeat: int) -> float:
     """Bytes moved per second by a device copy of the logits (read + write)."""
     x = torch.randn(rows, classes, device="cuda", dtype=torch.bfloat16)
     y = torch.empty_like(x)
-    times = []
-    for _ in range(repeat + 2):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        y.copy_(x)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return 2 * x.numel() * x.element_size() / statistics.median(times[2:])
+    times = time_calls(lambda: None, lambda _: y.copy_(x), "cuda", repeat).times
+    return 2 * x.numel() * x.element_size() / statistics.median(times)
 
 
 def in_subprocess(provider: str, args: argparse.Namespace, rows: int, classes: int) -> dict | None:
-    command = [sys.executable, __file__, "--one", provider, "--device", args.device,
-               "--rows", str(rows), "--classes", str(classes), "--dtype", args.dtype,
-               "--repeat", str(args.repeat)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parent)
-    if done.returncode != 0:
-        log(f"  {provider}: failed or not installed ({done.stderr.strip().splitlines()[-1:]})")
+    if provider == "liger" and not importable("liger_kernel"):
+        log("  liger: skipped, liger_kernel is not importable")
         return None
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    options = ["--device", args.device, "--rows", str(rows), "--classes", str(classes),
+               "--dtype", args.dtype, "--repeat", str(args.repeat)]  # fmt: skip
+    return run_isolated(__file__, provider, options)
 
 
 def rows_for(args: argparse.Namespace) -> list[dict]:
@@ -143,8 +121,7 @@ def summary_row(
 ) -> dict:
     """One provider's line: times, speed-ups, memory, bandwidth."""
     median = {name: statistics.median(outcome["times"]) for name, outcome in measured.items()}
-    times = measured[provider]["times"]
-    low, _, _, high = statistics.quantiles(times, n=5) if len(times) > 1 else [median[provider]] * 4
+    _, low, high = percentiles(measured[provider]["times"])
     itemsize = torch.finfo(getattr(torch, args.dtype)).bits // 8
     traffic = 2 * rows * classes * itemsize  # one read of the logits, one write of the gradient
     versus = {
@@ -190,22 +167,12 @@ def main(argv: list[str] | None = None) -> None:
     args.dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
     args.repeat = args.repeat or (5 if args.device == "cpu" else 20)
     if args.one:
-        print(
-            json.dumps(
-                measure(args.one, args.device, args.rows, args.classes, args.dtype, args.repeat)
-            )
-        )
+        emit(measure(args.one, args.device, args.rows, args.classes, args.dtype, args.repeat))
         return
     rows = rows_for(args)
-    about = {
-        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else cpu_model(),
-        "threads": str(torch.get_num_threads()), "torch": torch.__version__,
-        "crossent": crossent.__version__, "git_commit": git_commit(),
-        "date": time.strftime("%Y-%m-%d"),
-    }  # fmt: skip
     csv_path = args.csv or (None if args.quick else DOCS / f"cross_entropy_{args.device}.csv")
     if csv_path is not None:
-        write_csv(csv_path, rows, about)
+        write_csv(csv_path, rows, about(args.device))
     print(markdown(rows))
 
 

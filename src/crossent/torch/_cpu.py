@@ -77,16 +77,21 @@ def loss_and_grad(
 
     starts = range(0, rows, step)
     threads = torch.get_num_threads()
-    if logits.device.type != "cpu" or threads == 1 or len(starts) < 2:
+    if logits.device.type != "cpu" or threads == 1:
         for start in starts:
             run(start)
         return losses
     # One chunk per thread, each op single-threaded: no OpenMP barrier per op, which costs
     # 10× when another process holds a core (torch ops release the GIL, so threads overlap).
+    # A single chunk runs on one thread too: even a 32 × 10 softmax waited milliseconds at
+    # OpenMP's barrier while another process was busy.
     torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(run, starts))
+        if len(starts) == 1:
+            run(0)
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(run, starts))
     finally:
         torch.set_num_threads(threads)
     return losses
