@@ -222,9 +222,10 @@ def train_clusters(case: dict, device: str, path: Path) -> None:
 def mean_max_probability(hidden: torch.Tensor, weight: torch.Tensor) -> float:
     """Mean over rows of the largest softmax probability of hidden @ weight.T, in float32."""
     total, block = 0.0, max(1, (64 << 20) // (4 * weight.shape[0]))
+    wide = weight.float()  # once, not per block: 2 GB at C = 128256, D = 4096
     with torch.no_grad():
         for start in range(0, hidden.shape[0], block):
-            logits = hidden[start : start + block].float() @ weight.float().T
+            logits = hidden[start : start + block].float() @ wide.T
             total += float(torch.softmax(logits, dim=-1).amax(dim=-1).sum())
     return total / hidden.shape[0]
 
