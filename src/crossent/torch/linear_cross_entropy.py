@@ -124,9 +124,15 @@ def linear_cross_entropy(
 
 
 def default_chunk_rows(classes: int, hidden: torch.Tensor) -> int:
-    """Rows of logits that fit in the device's chunk budget, at least :data:`MIN_CHUNK_ROWS`."""
-    budget = CHUNK_BYTES.get(hidden.device.type, CHUNK_BYTES_ELSEWHERE)
-    return max(MIN_CHUNK_ROWS, budget // max(1, classes * hidden.element_size()))
+    """Rows of logits that fit in the device's chunk budget, at least :data:`MIN_CHUNK_ROWS`,
+    a multiple of 64 where that many fit (matrix-product tiles come in 64s and 128s)."""
+    rows = _budget(hidden) // max(1, classes * hidden.element_size())
+    return max(MIN_CHUNK_ROWS, rows - rows % 64 if rows >= 64 else rows)
+
+
+def _budget(tensor: torch.Tensor) -> int:
+    """Bytes of temporary allowed at once on ``tensor``'s device."""
+    return CHUNK_BYTES.get(tensor.device.type, CHUNK_BYTES_ELSEWHERE)
 
 
 def _check_low_memory(
@@ -316,7 +322,7 @@ def _add_product(total: torch.Tensor, grad: torch.Tensor, h: torch.Tensor) -> No
     if total.dtype == grad.dtype:
         total.addmm_(grad.T, h)
         return
-    block = max(1, CHUNK_BYTES["cpu"] // max(1, h.shape[1] * grad.element_size()))
+    block = max(1, _budget(h) // max(1, h.shape[1] * grad.element_size()))
     for start in range(0, total.shape[0], block):
         total[start : start + block] += grad[:, start : start + block].T @ h
 
