@@ -114,6 +114,27 @@ def test_a_large_vocabulary_row() -> None:
     torch.testing.assert_close(ours[1].double(), reference[1], rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_many_chunks_on_several_threads_give_the_one_chunk_answer(monkeypatch, threads) -> None:
+    """The CPU pass splits rows into chunks run on a thread pool; the answer may not change."""
+    from crossent.torch import _cpu
+
+    logits, index, probs, weight = problem((37, 50), torch.float32, seed=3)
+    options = {"weight": weight, "label_smoothing": 0.1, "z_loss": 1e-3, "reduction": "none"}
+    whole = [value_and_grad(cross_entropy, logits, t, **options) for t in (index, probs)]
+    monkeypatch.setattr(_cpu, "CHUNK_ELEMENTS", 3 * 50)  # 13 chunks of 3 rows (the last 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        chunked = [value_and_grad(cross_entropy, logits, t, **options) for t in (index, probs)]
+    finally:
+        torch.set_num_threads(before)
+    assert torch.get_num_threads() == before
+    for ours, theirs in zip(chunked, whole, strict=True):
+        for a, b in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 # ---- where PyTorch is wrong, the math ----
 
 

@@ -1,8 +1,10 @@
 """One pass over the logits on the CPU: the loss of every row and its gradient, chunk by chunk.
 
-Each chunk of rows (about 64k numbers, so it stays in L2 cache) is read from memory once; the
-softmax is built in the gradient buffer itself, so besides the gradient there is no N×C
-temporary. For one row (classes j, weights w, W = Σ_j w_j, smoothing ε, z-loss z):
+Each chunk of rows (about a million numbers, 4 MB of float32, which stays in the last-level
+cache) is read from memory once; the softmax is built in the gradient buffer itself, so
+besides the gradient there is no N×C temporary. Chunks are that large because each of the
+two dozen ops per chunk costs about 20 µs on a small VM: at 2^18 numbers that overhead was
+half the time of a 4096 × 32000 pass. For one row (classes j, weights w, W = Σ_j w_j, smoothing ε, z-loss z):
 
     p = softmax(x) (torch's fused kernel),   lse = m − log max_j p_j,   m = max_j x_j
 
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-CHUNK_ELEMENTS = 1 << 18  # 1 MB of float32 per thread: stays in L2 while it is worked on
+CHUNK_ELEMENTS = 1 << 20  # numbers per chunk and thread: 4 MB of float32
 
 
 @dataclass(frozen=True)
