@@ -4,7 +4,9 @@ Each chunk of rows (about a million numbers, 4 MB of float32, which stays in the
 cache) is read from memory once; the softmax is built in the gradient buffer itself, so
 besides the gradient there is no N×C temporary. Chunks are that large because each of the
 two dozen ops per chunk costs about 20 µs on a small VM: at 2^18 numbers that overhead was
-half the time of a 4096 × 32000 pass. For one row (classes j, weights w, W = Σ_j w_j, smoothing ε, z-loss z):
+half the time of a 4096 × 32000 pass.
+
+For one row (classes j, weights w, W = Σ_j w_j, smoothing ε, z-loss z):
 
     p = softmax(x) (torch's fused kernel),   lse = m − log max_j p_j,   m = max_j x_j
 

@@ -36,8 +36,8 @@ from crossent.torch.cross_entropy import (
 )
 from crossent.torch.reference import reduce_rows
 
-CHUNK_BYTES = {"cpu": 32 << 20}  # one chunk of logits: on the CPU 32 MiB, under 10% of
-CHUNK_BYTES_ELSEWHERE = 256 << 20  # a 4096 × 32000 fp32 matrix; on a GPU 256 MiB
+CHUNK_BYTES = {"cpu": 32 << 20}  # logits held at once: 6% of a 4096 × 32000 fp32 matrix
+CHUNK_BYTES_ELSEWHERE = 256 << 20  # on a GPU
 MIN_CHUNK_ROWS = 8  # fewer rows per matrix product would waste it
 
 
@@ -84,7 +84,7 @@ def linear_cross_entropy(
             the weight's dtype where that is wider; None sums in the weight's own dtype,
             saving that buffer.
         return_lse: also return each example's log-sum-exp of the (soft-capped) logits, in
-            nats, float32, in the target's layout, without gradient.
+            nats, in the loss's dtype and the target's layout, without gradient.
 
     In the chunked mode (the default) chunks run in a fixed order and the weight's gradient is
     summed in that order, so results are bit-identical from run to run on the same machine and
@@ -103,10 +103,8 @@ def linear_cross_entropy(
     options = Options(class_weight, ignore_index, float(label_smoothing), float(z_loss), softcap)
     chunk_rows = chunk_size or default_chunk_rows(weight.shape[0], hidden)
     if low_memory is None:
-        low_memory = hidden.is_cuda and weight.shape[0] * hidden.element_size() * MIN_CHUNK_ROWS > (
-            CHUNK_BYTES_ELSEWHERE
-        )
-    if low_memory:
+        low_memory = _tiles_needed(hidden, weight, target, class_weight)
+    elif low_memory:
         _check_low_memory(hidden, target, class_weight)
     plan = _Plan(
         options,
@@ -133,6 +131,21 @@ def default_chunk_rows(classes: int, hidden: torch.Tensor) -> int:
 def _budget(tensor: torch.Tensor) -> int:
     """Bytes of temporary allowed at once on ``tensor``'s device."""
     return CHUNK_BYTES.get(tensor.device.type, CHUNK_BYTES_ELSEWHERE)
+
+
+def _tiles_needed(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    class_weight: torch.Tensor | None,
+) -> bool:
+    """Whether the low-memory kernels take over by themselves: on a GPU, for targets they
+    support, when even :data:`MIN_CHUNK_ROWS` rows of logits exceed the chunk budget."""
+    too_wide = weight.shape[0] * hidden.element_size() * MIN_CHUNK_ROWS > _budget(hidden)
+    supported = not target.is_floating_point() and class_weight is None
+    return (
+        hidden.is_cuda and too_wide and supported and importlib.util.find_spec("triton") is not None
+    )
 
 
 def _check_low_memory(
