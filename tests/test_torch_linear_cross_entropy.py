@@ -17,7 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from crossent.torch import LinearCrossEntropy, cross_entropy, linear_cross_entropy
+from crossent.torch import LinearCrossEntropy, _class_blocks, cross_entropy, linear_cross_entropy
+from crossent.torch.linear_cross_entropy import CHUNK_BYTES
 
 
 def head(
@@ -325,7 +326,69 @@ def test_bad_input_is_a_clear_error(change, message) -> None:
         linear_cross_entropy(**arguments)
 
 
-def test_low_memory_needs_index_targets_and_triton() -> None:
+def test_low_memory_needs_index_targets_without_class_weights() -> None:
     hidden, weight, _, labels = head(dtype=torch.float32)
     with pytest.raises(ValueError, match="class-index targets without `class_weight`"):
         linear_cross_entropy(hidden, weight, labels, class_weight=torch.ones(17), low_memory=True)
+    with pytest.raises(ValueError, match="got probability targets"):
+        linear_cross_entropy(hidden, weight, torch.softmax(hidden @ weight.T, -1), low_memory=True)
+
+
+# ---- the low-memory mode in plain PyTorch: blocks of classes ----
+
+
+@pytest.fixture
+def class_blocks(monkeypatch):
+    """The PyTorch low-memory path (not Triton's interpreter), with tiny blocks of classes."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(_class_blocks, "BLOCK_BYTES", 5 * 8 * 4)  # 5 rows × 4 classes, float64
+    monkeypatch.setattr(_class_blocks, "ROWS", 5)
+
+
+@pytest.mark.parametrize(
+    ("reduction", "options"), list(itertools.product(["mean", "sum", "none"], OPTIONS))
+)
+def test_class_blocks_equal_the_unfused_head(class_blocks, reduction, options) -> None:
+    hidden, weight, bias, labels = head()
+    kwargs = dict(reduction=reduction, **options)
+    tensors = (hidden, weight, bias)
+    ours = value_and_grads(
+        lambda: linear_cross_entropy(hidden, weight, labels, bias=bias, low_memory=True, **kwargs),
+        tensors,
+    )
+    theirs = value_and_grads(
+        lambda: cross_entropy(F.linear(hidden, weight, bias), labels, **kwargs), tensors
+    )
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-12, atol=1e-12)
+    assert_close_all(ours[1], theirs[1], rtol=1e-10, atol=1e-12)
+
+
+def test_class_blocks_ignore_rows_exactly_even_with_huge_logits(class_blocks) -> None:
+    hidden, weight, bias, labels = head()
+    with torch.no_grad():
+        hidden[1] = 1e300  # logits of about ±1e300 for this ignored row
+    loss = linear_cross_entropy(hidden, weight, labels, bias=bias, low_memory=True)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.all(hidden.grad[1] == 0)
+    assert torch.isfinite(weight.grad).all()
+
+
+def test_huge_class_counts_switch_to_blocks_of_classes(monkeypatch) -> None:
+    """When even 8 rows of logits exceed the budget, the loss takes blocks of classes by
+    itself: no tensor near the size of the logits, the same answer."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    rows, dim, classes = 512, 16, 4000
+    monkeypatch.setitem(CHUNK_BYTES, "cpu", 8 * classes * 4 - 1)  # 8 rows do not fit
+    monkeypatch.setattr(_class_blocks, "BLOCK_BYTES", 64 << 10)
+    hidden, weight, bias, labels = head(rows, dim, classes, dtype=torch.float32)
+    with LargestTensor() as blocks:
+        ours = value_and_grads(
+            lambda: linear_cross_entropy(hidden, weight, labels, bias=bias), (hidden, weight)
+        )
+    assert blocks.largest == classes * dim  # the weight's gradient; logits: 256 × 64 at most
+    theirs = value_and_grads(
+        lambda: F.cross_entropy(F.linear(hidden, weight, bias), labels), (hidden, weight)
+    )
+    torch.testing.assert_close(ours[0], theirs[0])
+    assert_close_all(ours[1], theirs[1], rtol=1e-4, atol=1e-6)

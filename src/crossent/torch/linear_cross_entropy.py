@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from crossent._checks import Reduction, check_base, check_index_range, check_reduction
+from crossent.torch import _class_blocks
 from crossent.torch._cpu import Options
 from crossent.torch.cross_entropy import (
     _denominator,
@@ -105,7 +106,7 @@ def linear_cross_entropy(
     if low_memory is None:
         low_memory = _tiles_needed(hidden, weight, target, class_weight)
     elif low_memory:
-        _check_low_memory(hidden, target, class_weight)
+        _check_low_memory(target, class_weight)
     plan = _Plan(
         options,
         reduction,
@@ -139,28 +140,24 @@ def _tiles_needed(
     target: torch.Tensor,
     class_weight: torch.Tensor | None,
 ) -> bool:
-    """Whether the low-memory kernels take over by themselves: on a GPU, for targets they
-    support, when even :data:`MIN_CHUNK_ROWS` rows of logits exceed the chunk budget."""
+    """Whether the low-memory mode takes over by itself: for the targets it supports, when
+    even :data:`MIN_CHUNK_ROWS` rows of logits exceed the device's chunk budget."""
     too_wide = weight.shape[0] * hidden.element_size() * MIN_CHUNK_ROWS > _budget(hidden)
-    supported = not target.is_floating_point() and class_weight is None
-    return (
-        hidden.is_cuda and too_wide and supported and importlib.util.find_spec("triton") is not None
-    )
+    return too_wide and not target.is_floating_point() and class_weight is None
 
 
-def _check_low_memory(
-    hidden: torch.Tensor, target: torch.Tensor, class_weight: torch.Tensor | None
-) -> None:
+def _triton_tiles(hidden: torch.Tensor) -> bool:
+    """The low-memory mode's Triton kernels on CUDA (or under TRITON_INTERPRET=1, which tests
+    use); blocks of classes in plain PyTorch otherwise."""
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    return (hidden.is_cuda or interpreted) and importlib.util.find_spec("triton") is not None
+
+
+def _check_low_memory(target: torch.Tensor, class_weight: torch.Tensor | None) -> None:
     if target.is_floating_point() or class_weight is not None:
         raise ValueError(
             "`low_memory=True` takes class-index targets without `class_weight`; got "
             + ("probability targets" if target.is_floating_point() else "a class_weight")
-        )
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    if importlib.util.find_spec("triton") is None or not (hidden.is_cuda or interpreted):
-        raise ValueError(
-            "`low_memory=True` runs Triton kernels: it needs triton and a CUDA device (or "
-            f"TRITON_INTERPRET=1 to interpret them on the CPU); got hidden on {hidden.device}"
         )
 
 
@@ -298,17 +295,18 @@ def _run_tiles(
     wants: tuple[bool, ...],
     lse: torch.Tensor | None,
 ) -> _Pass:
-    """:func:`_run` by the low-memory Triton kernels, tile by tile."""
-    from crossent.torch._triton import linear_cross_entropy as tiles
-
+    """:func:`_run` in the low-memory mode: Triton tiles, or blocks of classes in PyTorch."""
     tensors = (head.hidden, head.weight, head.bias, head.target)
+    implementation: Any = _class_blocks
+    if _triton_tiles(head.hidden):
+        implementation = importlib.import_module("crossent.torch._triton.linear_cross_entropy")
     if lse is None:
-        losses, lse = tiles.forward(*tensors, plan.options)
+        losses, lse = implementation.forward(*tensors, plan.options)
     else:
         losses = lse.new_empty(0)  # the backward wants gradients only
     out = _Pass(losses, lse)
     if grad_scale is not None and any(wants):
-        out.hidden, out.weight, out.bias = tiles.gradients(
+        out.hidden, out.weight, out.bias = implementation.gradients(
             *tensors, plan.options, lse, grad_scale, wants
         )
     return out

@@ -21,12 +21,11 @@ not bit-deterministic (the chunked mode is). Class weights are not supported her
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
+from crossent.torch._class_blocks import row_losses
 from crossent.torch._cpu import Options
 from crossent.torch._triton.cross_entropy import _capped
 
@@ -134,7 +133,8 @@ def _backward(
     if SOFTCAP:
         t = x / softcap
         g *= 1.0 - t * t
-    g = tl.where(cols[None, :] < C, g * factor[:, None], 0.0)
+    # ignored rows: exactly 0, also where their logits are ±inf (0 · inf would be NaN)
+    g = tl.where((cols[None, :] < C) & ~ignored[:, None], g * factor[:, None], 0.0)
     if WANT_B:
         tl.atomic_add(DB + cols, tl.sum(g, axis=0), mask=cols < C)
     g_in = _operand(g.to(H.dtype.element_ty), UPCAST)
@@ -202,17 +202,7 @@ def forward(
             options.softcap or 1.0, SMOOTHING=options.label_smoothing > 0,
             **_flags(hidden, bias, options), **tiles,
         )  # fmt: skip
-    top, sums, x_y, x_sum = parts[:, 0], parts[:, 1], parts[:, 2].sum(0), parts[:, 3].sum(0)
-    m = top.amax(0)
-    lse = m + torch.log((sums * torch.exp(top - m)).sum(0))
-    eps = options.label_smoothing
-    loss = (1 - eps) * (lse - x_y) + eps / classes * (classes * lse - x_sum)
-    if options.z_loss:
-        loss = loss + options.z_loss * lse * lse
-    ignored = target == options.ignore_index
-    invalid = ~ignored & ((target < 0) | (target >= classes))
-    loss = torch.where(ignored, 0.0, torch.where(invalid, math.nan, loss))
-    return loss, lse
+    return row_losses(parts, target, options, classes)
 
 
 def gradients(
