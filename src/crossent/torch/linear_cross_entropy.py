@@ -13,6 +13,8 @@ N × C ever exists. With the gradients computed in the forward ("mean" and "sum"
 the unfused head's 6·N·D·C flops: 2 for the logits, 2 for ∂h, 2 for ∂W. For "none" the
 upstream gradient is only known in the backward, which computes the logits again (8·N·D·C).
 The weight's gradient is summed over chunks in float32 by default, whatever W's dtype.
+Where even a few full rows of logits are too many, the low-memory mode takes blocks of classes
+instead (see ``low_memory``).
 """
 
 from __future__ import annotations
@@ -75,11 +77,13 @@ def linear_cross_entropy(
         class_weight: ``(C,)`` weights of the classes (``weight`` of ``F.cross_entropy``).
         chunk_size: rows of logits held at once; by default as many as fit in
             :data:`CHUNK_BYTES` (at least :data:`MIN_CHUNK_ROWS`).
-        low_memory: use the Triton kernels of
-            :mod:`crossent.torch._triton.linear_cross_entropy`, which hold no logits at all
-            (O(N) memory besides the float32 gradient sums; 8·N·D·C flops; index targets,
-            no ``class_weight``; not bit-deterministic). None: only on a GPU, and only when
-            :data:`MIN_CHUNK_ROWS` rows of logits would not fit in the chunk budget.
+        low_memory: hold no full row of logits: on CUDA the Triton kernels of
+            :mod:`crossent.torch._triton.linear_cross_entropy` (tiles in registers, atomic
+            float32 gradient sums, not bit-deterministic), elsewhere blocks of classes in
+            PyTorch (:mod:`crossent.torch._class_blocks`, deterministic). Either way an online
+            log-sum-exp, 8·N·D·C flops, index targets and no ``class_weight``. None: chosen
+            by itself when :data:`MIN_CHUNK_ROWS` rows of logits would not fit in the chunk
+            budget (on the CPU, beyond a million classes).
         weight_grad_dtype: the dtype the weight's (and bias's) gradient is summed in across
             chunks, float32 by default (summing bfloat16 chunk by chunk loses precision), or
             the weight's dtype where that is wider; None sums in the weight's own dtype,
