@@ -115,3 +115,13 @@ def test_a_bad_label_in_the_kernel_gives_nan_never_a_number() -> None:
     )  # fmt: skip
     assert torch.isnan(grads[0][0]).all()
     assert torch.isnan(grads[1]).any()
+
+
+def test_a_transposed_weight_is_read_by_its_values() -> None:
+    """A weight that is a view (a tied embedding's transpose, say) gives the same answer."""
+    hidden, weight, bias, labels = head(11, 20, 30)
+    stored = weight.detach().T.contiguous().requires_grad_()  # (D, C) memory, used as (C, D)
+    tiled = loss_and_grads((hidden, stored.T, bias, labels), low_memory=True)
+    chunked = loss_and_grads((hidden, weight, bias, labels), chunk_size=4)
+    for a, b in zip(tiled, chunked, strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)

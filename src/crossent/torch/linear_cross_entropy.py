@@ -300,7 +300,8 @@ def _run_tiles(
     lse: torch.Tensor | None,
 ) -> _Pass:
     """:func:`_run` in the low-memory mode: Triton tiles, or blocks of classes in PyTorch."""
-    tensors = (head.hidden, head.weight, head.bias, head.target)
+    bias = None if head.bias is None else head.bias.contiguous()
+    tensors = (head.hidden, head.weight.contiguous(), bias, head.target)  # as the kernels index
     implementation: Any = _class_blocks
     if _triton_tiles(head.hidden):
         implementation = importlib.import_module("crossent.torch._triton.linear_cross_entropy")
