@@ -52,6 +52,16 @@ def test_kernel_matches_the_chunked_pass_on_every_option(classes: int) -> None:
         )
 
 
+def test_strided_class_weights_are_read_by_their_values() -> None:
+    logits, labels = rows(4, 30, seed=2)
+    spread = torch.rand(60, generator=torch.Generator().manual_seed(4)).to(DEVICE) + 0.1
+    every_other = spread[::2]  # a view with stride 2
+    options = _cpu.Options(every_other, -100, 0.1, 0.0, None)
+    expected = _cpu.loss_and_grad(logits.cpu(), labels.cpu(), options, None, None)
+    got = kernel.loss_and_grad(logits, labels, options, None, None)
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
 def test_ignored_rows_are_exactly_zero_and_bad_labels_are_nan() -> None:
     logits = torch.tensor([[-math.inf, -math.inf, -math.inf], [1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
     labels = torch.tensor([-100, 3, 1])  # an ignored all −inf row, an out-of-range label

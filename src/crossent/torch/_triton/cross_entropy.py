@@ -144,7 +144,11 @@ def loss_and_grad(
     """
     rows, classes = logits.shape
     losses = torch.empty(rows, dtype=torch.float32, device=logits.device)
-    weight = None if options.weight is None else options.weight.to(logits.device, torch.float32)
+    weight = (
+        None
+        if options.weight is None
+        else options.weight.to(logits.device, torch.float32).contiguous()
+    )
     factor = (
         torch.ones((), dtype=torch.float32, device=logits.device)
         if grad_scale is None
