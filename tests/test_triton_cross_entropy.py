@@ -94,3 +94,15 @@ def test_the_public_function_through_the_kernel(
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     tolerance = 1e-6 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(x.grad.float(), y.grad, rtol=tolerance, atol=tolerance)
+
+
+def test_strided_labels_through_the_public_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = importlib.import_module("crossent.torch.cross_entropy")
+    monkeypatch.setattr(api, "_use_triton", lambda _: True)
+    logits, labels = rows(5, 40, seed=6)
+    spread = torch.stack([labels, torch.zeros_like(labels)], dim=1).reshape(-1)
+    strided = spread[::2]  # the labels again, as a view with stride 2
+    torch.testing.assert_close(
+        cross_entropy(logits, strided, reduction="none"),
+        F.cross_entropy(logits, labels, reduction="none"),
+    )

@@ -125,3 +125,12 @@ def test_a_transposed_weight_is_read_by_its_values() -> None:
     chunked = loss_and_grads((hidden, weight, bias, labels), chunk_size=4)
     for a, b in zip(tiled, chunked, strict=True):
         torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)
+
+
+def test_strided_labels_are_read_by_their_values() -> None:
+    hidden, weight, bias, labels = head(9, 20, 30)
+    strided = torch.stack([labels, torch.zeros_like(labels)], dim=1).reshape(-1)[::2]
+    tiled = loss_and_grads((hidden, weight, bias, strided), low_memory=True)
+    chunked = loss_and_grads((hidden, weight, bias, labels), chunk_size=4)
+    for a, b in zip(tiled, chunked, strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)

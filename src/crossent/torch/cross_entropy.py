@@ -240,7 +240,7 @@ def _from_rows(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 def _target_rows(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     if target.is_floating_point():
         return _as_rows(target)
-    return target.reshape(-1)
+    return target.reshape(-1).contiguous()  # the kernel reads label i at offset i
 
 
 def _denominator(target: torch.Tensor, options: Options, rows: int) -> torch.Tensor:

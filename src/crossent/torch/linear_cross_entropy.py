@@ -370,4 +370,6 @@ def _check_shapes(
             f"got {tuple(target.shape)}"
         )
     rows = hidden.reshape(-1, hidden.shape[-1]).contiguous()
-    return rows, target.reshape(-1, classes) if target.is_floating_point() else target.reshape(-1)
+    if target.is_floating_point():
+        return rows, target.reshape(-1, classes)
+    return rows, target.reshape(-1).contiguous()  # the kernels read label i at offset i
