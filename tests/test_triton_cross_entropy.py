@@ -106,3 +106,34 @@ def test_strided_labels_through_the_public_function(monkeypatch: pytest.MonkeyPa
         cross_entropy(logits, strided, reduction="none"),
         F.cross_entropy(logits, labels, reduction="none"),
     )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_forward_and_backward_replay_inside_a_cuda_graph(reduction: str) -> None:
+    """No host synchronisation anywhere on CUDA: the whole step can be captured and replayed."""
+    logits, labels = rows(64, 1000)
+    labels = labels.clamp(min=0)
+    x = logits.clone().requires_grad_(True)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture, as torch.cuda.graphs asks
+        for _ in range(2):
+            x.grad = None
+            cross_entropy(x, labels, label_smoothing=0.1, reduction=reduction).backward()
+    torch.cuda.current_stream().wait_stream(side)
+    x.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss = cross_entropy(x, labels, label_smoothing=0.1, reduction=reduction)
+        loss.backward()
+    fresh, fresh_labels = rows(64, 1000, seed=9)
+    with torch.no_grad():
+        x.copy_(fresh)
+        labels.copy_(fresh_labels.clamp(min=0))
+    graph.replay()
+    y = fresh.clone().requires_grad_(True)
+    expected = F.cross_entropy(y, labels, label_smoothing=0.1, reduction=reduction)
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-6)

@@ -134,3 +134,38 @@ def test_strided_labels_are_read_by_their_values() -> None:
     chunked = loss_and_grads((hidden, weight, bias, labels), chunk_size=4)
     for a, b in zip(tiled, chunked, strict=True):
         torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("low_memory", [False, True])
+def test_a_cuda_graph_replays_the_head(low_memory: bool) -> None:
+    hidden, weight, bias, labels = head(48, 64, 300)
+    labels = labels.clamp(min=0)
+
+    def step() -> torch.Tensor:
+        loss = linear_cross_entropy(hidden, weight, labels, bias=bias, low_memory=low_memory)
+        loss.backward()
+        return loss
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            hidden.grad = weight.grad = bias.grad = None
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    hidden.grad = weight.grad = bias.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss = step()
+    fresh = head(48, 64, 300, seed=4)
+    with torch.no_grad():
+        for mine, new in zip((hidden, weight, bias), fresh[:3], strict=True):
+            mine.copy_(new)
+    graph.replay()
+    again = [t.detach().clone().requires_grad_() for t in fresh[:3]]
+    expected = F.cross_entropy(F.linear(again[0], again[1], again[2]), labels)
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+    for got, want in zip((hidden.grad, weight.grad, bias.grad), again, strict=True):
+        torch.testing.assert_close(got, want.grad, rtol=1e-4, atol=1e-5)

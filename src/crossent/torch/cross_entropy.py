@@ -246,7 +246,7 @@ def _target_rows(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 def _denominator(target: torch.Tensor, options: Options, rows: int) -> torch.Tensor:
     """What "mean" divides by: Σ w_y over examples not ignored, or N for probability targets."""
     if target.is_floating_point():
-        return torch.tensor(float(rows), dtype=torch.float64)
+        return torch.full((), float(rows), dtype=torch.float64, device=target.device)
     keep = target != options.ignore_index
     if options.weight is None:
         return keep.sum().to(torch.float64)
@@ -257,7 +257,8 @@ def _denominator(target: torch.Tensor, options: Options, rows: int) -> torch.Ten
 def _grad_scale(reduction: Reduction, denominator: torch.Tensor, scale: float) -> torch.Tensor:
     """What every row's gradient is multiplied by: the unit's scale, over the mean's denominator."""
     if reduction != "mean":
-        return torch.tensor(scale, dtype=torch.float64)
+        # made on the device (a fill, not a copy from the host: CUDA graphs can capture it)
+        return torch.full((), scale, dtype=torch.float64, device=denominator.device)
     return torch.where(denominator == 0, 0.0, scale / denominator)
 
 
