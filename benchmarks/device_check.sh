@@ -6,7 +6,10 @@
 #
 # Uses the machine's own torch and triton (PYTHONPATH=src, nothing installed). Packages it
 # lacks, such as liger-kernel and cut-cross-entropy for the comparisons, are installed from
-# wheels in .whl/ when that folder exists. Writes into $OUT: env.txt (GPU, driver, versions,
+# wheels in .whl/ when that folder exists (git-ignored; both are pure-Python wheels):
+#
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#       --platform any -d .whl liger-kernel cut-cross-entropy Writes into $OUT: env.txt (GPU, driver, versions,
 # date, commit), tests.txt, one log per benchmark and the benchmarks' CSV files; the
 # benchmarks also write docs/benchmarks/*_cuda.csv. Steps run on after a failure; the exit
 # status is that of the first one that failed.
