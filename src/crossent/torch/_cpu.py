@@ -107,7 +107,7 @@ class _Target:
 
     keep: torch.Tensor  # (r,) rows not ignored
     loss_at: Callable[[torch.Tensor], torch.Tensor]  # lse (r, 1) → loss (r,), without z-loss
-    coef: torch.Tensor  # (r, 1): ∂loss/∂x_j = p_j · coef − (what ``subtract`` removes)
+    coef: torch.Tensor | float  # (r, 1) or one number: ∂loss/∂x_j = p_j · coef − (``subtract``)
     subtract: Callable[[torch.Tensor, torch.Tensor], object]  # (gradient, row factor (r, 1))
 
 
@@ -168,7 +168,11 @@ def _index_target(
     weighted_x = (x.sum(dim=1) if weight is None else x @ weight) if eps else None
 
     def loss_at(lse: torch.Tensor) -> torch.Tensor:
-        loss = (1 - eps) * (w_y * (lse - x_y))[:, 0]
+        loss = (lse - x_y)[:, 0]  # each factor below only where it is not 1: ops cost ~10 µs
+        if weight is not None:
+            loss = w_y[:, 0] * loss  # type: ignore[index]
+        if eps:
+            loss = (1 - eps) * loss
         if weighted_x is not None:
             loss = loss + eps / classes * (total_weight * lse[:, 0] - weighted_x)
         return loss
@@ -178,8 +182,8 @@ def _index_target(
         if eps:
             e.sub_(eps / classes * factor * (weight if weight is not None else 1.0))
 
-    coef = (1 - eps) * w_y + eps / classes * total_weight
-    return _Target(keep, loss_at, torch.as_tensor(coef, dtype=x.dtype), subtract)
+    coef = (1 - eps) * w_y + eps / classes * total_weight  # a number without class weights
+    return _Target(keep, loss_at, coef, subtract)
 
 
 def _probability_target(

@@ -116,7 +116,8 @@ class _CrossEntropy(torch.autograd.Function):
             in_place = inplace and wants_grad and rows.data_ptr() == logits.data_ptr()
             grad = rows if in_place else _empty_gradient(rows) if wants_grad else None
             losses = _kernel_for(rows, row_target)(rows, row_target, options, grad_scale, grad)
-        losses = losses * scale
+        if scale != 1.0:  # nats, the default, need no product
+            losses = losses * scale
         ctx.reduction, ctx.logits_shape, ctx.inplace = reduction, logits.shape, inplace
         ctx.used = False
         if wants_grad:
