@@ -52,6 +52,34 @@ def test_kernel_matches_the_chunked_pass_on_every_option(classes: int) -> None:
         )
 
 
+@pytest.mark.parametrize("classes", [1, 3, 37, 4099])
+def test_probability_kernel_matches_the_chunked_pass_on_every_option(classes: int) -> None:
+    logits, _ = rows(5, classes, seed=classes)  # logits[0, 0] is −inf
+    generator = torch.Generator().manual_seed(classes)
+    target = torch.softmax(torch.randn(5, classes, generator=generator), dim=1)
+    if classes > 1:  # a zero target where the logit is −inf: contributes 0, not NaN
+        target[0, 0] = 0.0
+        target[0] /= target[0].sum()
+    else:  # one class: a row of −inf only has no softmax at all
+        logits[0, 0] = 0.5
+    target = target.to(DEVICE)
+    weight = torch.rand(classes, generator=generator).to(DEVICE) + 0.1
+    scale = torch.tensor([0.5, 1.0, 2.0, 0.0, 1.5], dtype=torch.float64)  # one per row
+    for w, eps, z, cap in itertools.product((None, weight), (0.0, 0.2), (0.0, 1e-2), (None, 2.0)):
+        options = _cpu.Options(w, -100, eps, z, cap)
+        expected_grad, grad = torch.empty_like(logits), torch.empty_like(logits)
+        expected_lse, lse = torch.empty(5), torch.empty(5, device=DEVICE)
+        expected = _cpu.loss_and_grad(
+            logits.cpu(), target.cpu(), options, scale, expected_grad, expected_lse
+        )
+        got = kernel.loss_and_grad(logits, target, options, scale.to(DEVICE), grad, lse)
+        message = f"C={classes} w={w is not None} eps={eps} z={z} softcap={cap}"
+        for mine, theirs in ((got, expected), (lse, expected_lse), (grad, expected_grad)):
+            torch.testing.assert_close(
+                mine.cpu(), theirs.cpu(), rtol=1e-5, atol=1e-5, equal_nan=True, msg=message
+            )
+
+
 def test_strided_class_weights_are_read_by_their_values() -> None:
     logits, labels = rows(4, 30, seed=2)
     spread = torch.rand(60, generator=torch.Generator().manual_seed(4)).to(DEVICE) + 0.1
@@ -135,5 +163,27 @@ def test_forward_and_backward_replay_inside_a_cuda_graph(reduction: str) -> None
     y = fresh.clone().requires_grad_(True)
     expected = F.cross_entropy(y, labels, label_smoothing=0.1, reduction=reduction)
     expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_probability_targets_through_the_public_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = importlib.import_module("crossent.torch.cross_entropy")
+    monkeypatch.setattr(api, "_use_triton", lambda _: True)
+    used = []
+    original = kernel.loss_and_grad
+    monkeypatch.setattr(
+        kernel, "loss_and_grad", lambda *a, **k: used.append(1) or original(*a, **k)
+    )
+    logits, _ = rows(6, 50, seed=8)
+    logits[0, 0] = 1.0  # finite everywhere: the loss is a number to compare
+    target = torch.softmax(torch.randn(6, 50, generator=torch.Generator().manual_seed(2)), 1)
+    x = logits.clone().requires_grad_(True)
+    loss = cross_entropy(x, target.to(DEVICE), label_smoothing=0.1)
+    loss.backward()
+    y = logits.clone().requires_grad_(True)
+    expected = F.cross_entropy(y, target.to(DEVICE), label_smoothing=0.1)
+    expected.backward()
+    assert used, "the Triton kernel was not used"
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-6)

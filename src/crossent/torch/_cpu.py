@@ -197,7 +197,7 @@ def _probability_target(
         v = v * weight
     total_v = v.sum(dim=1, keepdim=True)
     cross = torch.where(v == 0, 0.0, v * x).sum(dim=1)  # 0 · (−inf) = 0
-    keep = torch.ones(x.shape[0], dtype=torch.bool)
+    keep = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     return _Target(
         keep,
         lambda lse: total_v[:, 0] * lse[:, 0] - cross,

@@ -199,8 +199,8 @@ def _(
 
 
 def _kernel_for(rows: torch.Tensor, target: torch.Tensor) -> Kernel:
-    """The Triton kernel for index targets on a GPU; the chunked torch pass otherwise."""
-    if _use_triton(rows) and not target.is_floating_point():
+    """The Triton kernels on a GPU; the chunked torch pass otherwise."""
+    if _use_triton(rows):
         from crossent.torch._triton.cross_entropy import loss_and_grad
 
         return loss_and_grad

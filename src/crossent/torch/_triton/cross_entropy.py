@@ -1,7 +1,7 @@
-"""Cross entropy of index targets in one Triton program per row: loss and gradient together.
+"""Cross entropy in one Triton program per row: loss and gradient together.
 
-Per row (C logits x, weights w, W = Σ_j w_j, smoothing ε, z-loss z, soft-cap s, f = the row's
-gradient factor, 1 / denominator for a mean):
+Per row of index targets (C logits x, weights w, W = Σ_j w_j, smoothing ε, z-loss z, soft-cap
+s, f = the row's gradient factor, 1 / denominator for a mean):
 
     pass 1 (online softmax, arXiv 1805.02867): m = max_j x_j and d = Σ_j exp(x_j − m), updated
            block by block as m' = max(m, max block), d' = d · exp(m − m') + Σ exp(x − m');
@@ -13,7 +13,8 @@ gradient factor, 1 / denominator for a mean):
 Accumulation is in float32 whatever the logits' dtype; the gradient is stored in the logits'
 dtype. An ignored row gets loss 0 and gradient 0; a label outside [0, C) that is not
 ``ignore_index`` gets loss NaN and a NaN gradient row (a kernel cannot raise), so a bad label
-never passes as a number. Nothing is synchronised with the host.
+never passes as a number. Probability targets have their own kernel with the same two passes
+(:func:`_cross_entropy_probability_rows`). Nothing is synchronised with the host.
 """
 
 from __future__ import annotations
@@ -128,6 +129,77 @@ def _cross_entropy_rows(
             tl.store(g_row + cols, (g * factor).to(G.dtype.element_ty), mask=inside)
 
 
+@triton.jit
+def _smoothed(t, W, cols, inside, C, eps, SMOOTHING: tl.constexpr, HAS_WEIGHT: tl.constexpr):
+    """v_j = w_j ((1 − ε) t_j + ε / C): the weight each log p_j gets; 0 past the row's end."""
+    v = (1.0 - eps) * t + eps / C if SMOOTHING else t
+    if HAS_WEIGHT:
+        v *= tl.load(W + cols, mask=inside, other=0.0)
+    return tl.where(inside, v, 0.0)
+
+
+@triton.heuristics(
+    {
+        "HAS_WEIGHT": lambda a: a["W"] is not None,
+        "WRITE_GRAD": lambda a: a["G"] is not None,
+        "WRITE_LSE": lambda a: a["LSE"] is not None,
+    }
+)
+@triton.jit
+def _cross_entropy_probability_rows(
+    X, stride_x, T, stride_t, W, G, stride_g, F, stride_f, LOSS, LSE, C, eps, z_loss, softcap,
+    SMOOTHING: tl.constexpr, Z_LOSS: tl.constexpr, SOFTCAP: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, WRITE_GRAD: tl.constexpr, WRITE_LSE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Probability targets t, one program per row. With v as in :func:`_smoothed` and
+    V = Σ_j v_j: loss = V · lse − Σ_{v_j ≠ 0} v_j x_j + z lse² (0 · log 0 = 0), and
+    dx_j = f · (p_j (V + 2 z lse) − v_j), times 1 − tanh²(x_raw / s) if capped."""
+    row = tl.program_id(0).to(tl.int64)
+    x_row, t_row = X + row * stride_x, T + row * stride_t
+    m = tl.full((), float("-inf"), tl.float32)
+    d = tl.zeros((), tl.float32)
+    total_v = tl.zeros((), tl.float32)
+    cross = tl.zeros((), tl.float32)
+    for start in range(0, C, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        inside = cols < C
+        x = _capped(tl.load(x_row + cols, mask=inside, other=0.0).to(tl.float32), SOFTCAP, softcap)
+        x = tl.where(inside, x, float("-inf"))
+        t = tl.load(t_row + cols, mask=inside, other=0.0).to(tl.float32)
+        v = _smoothed(t, W, cols, inside, C, eps, SMOOTHING, HAS_WEIGHT)
+        total_v += tl.sum(v, axis=0)
+        cross += tl.sum(tl.where(v == 0.0, 0.0, v * x), axis=0)  # 0 · (−inf) = 0
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        d = d * tl.exp(m - shift) + tl.sum(tl.exp(x - shift), axis=0)
+        m = m_new
+    lse = m + tl.log(d)
+    loss = total_v * lse - cross
+    if Z_LOSS:
+        loss += z_loss * lse * lse
+    tl.store(LOSS + row, loss)
+    if WRITE_LSE:
+        tl.store(LSE + row, lse)
+    if WRITE_GRAD:
+        factor = tl.load(F + row * stride_f)
+        coef = total_v + 2.0 * z_loss * lse if Z_LOSS else total_v
+        g_row = G + row * stride_g
+        for start in range(0, C, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            inside = cols < C
+            x = _capped(
+                tl.load(x_row + cols, mask=inside, other=0.0).to(tl.float32), SOFTCAP, softcap
+            )
+            t = tl.load(t_row + cols, mask=inside, other=0.0).to(tl.float32)
+            v = _smoothed(t, W, cols, inside, C, eps, SMOOTHING, HAS_WEIGHT)
+            g = tl.exp(x - lse) * coef - v
+            if SOFTCAP:
+                c = x / softcap
+                g *= 1.0 - c * c
+            tl.store(g_row + cols, (g * factor).to(G.dtype.element_ty), mask=inside)
+
+
 def loss_and_grad(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -136,7 +208,9 @@ def loss_and_grad(
     grad: torch.Tensor | None,
     lse: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Row losses ``(R,)`` float32 for logits ``(R, C)`` and index targets; fills ``grad``.
+    """Row losses ``(R,)`` float32 for logits ``(R, C)``; fills ``grad`` if given.
+
+    Index targets ``(R,)`` or probability targets ``(R, C)``.
 
     As :func:`crossent.torch._cpu.loss_and_grad`: ``grad_scale`` is a 0-d tensor that
     multiplies the whole gradient or one factor per row, ``grad`` may be ``logits`` itself,
@@ -154,17 +228,30 @@ def loss_and_grad(
         if grad_scale is None
         else grad_scale.to(logits.device, torch.float32).contiguous()
     )
-    total = None if weight is None else weight.sum()  # stays on the device: no host sync
     block = min(
         triton.next_power_of_2(max(classes, 1)), 4096 if logits.element_size() < 4 else 2048
     )
+    flags = {
+        "SMOOTHING": options.label_smoothing > 0,
+        "Z_LOSS": options.z_loss > 0,
+        "SOFTCAP": options.softcap is not None,
+        "BLOCK": block,
+    }
+    if rows and target.is_floating_point():
+        target = target.contiguous()
+        _cross_entropy_probability_rows[(rows,)](
+            logits, logits.stride(0), target, target.stride(0), weight, grad,
+            0 if grad is None else grad.stride(0), factor, 1 if factor.dim() else 0, losses, lse,
+            classes, options.label_smoothing, options.z_loss, options.softcap or 1.0, **flags,
+        )  # fmt: skip
+        return losses
+    total = None if weight is None else weight.sum()  # stays on the device: no host sync
     if rows:
         _cross_entropy_rows[(rows,)](
             logits, logits.stride(0), target, weight, grad,
             0 if grad is None else grad.stride(0), factor, 1 if factor.dim() else 0, losses, lse,
             total, classes,
             options.ignore_index, options.label_smoothing, options.z_loss, options.softcap or 1.0,
-            SMOOTHING=options.label_smoothing > 0, Z_LOSS=options.z_loss > 0,
-            SOFTCAP=options.softcap is not None, BLOCK=block,
+            **flags,
         )  # fmt: skip
     return losses
