@@ -115,7 +115,7 @@ class _CrossEntropy(torch.autograd.Function):
         else:  # eager: the same pass without the operator's dispatch (0.1 ms per call)
             in_place = inplace and wants_grad and rows.data_ptr() == logits.data_ptr()
             grad = rows if in_place else _empty_gradient(rows) if wants_grad else None
-            losses = _kernel_for(rows, row_target)(rows, row_target, options, grad_scale, grad)
+            losses = _kernel_for(rows)(rows, row_target, options, grad_scale, grad)
         if scale != 1.0:  # nats, the default, need no product
             losses = losses * scale
         ctx.reduction, ctx.logits_shape, ctx.inplace = reduction, logits.shape, inplace
@@ -175,9 +175,7 @@ def _cross_entropy_rows(
     """
     options = Options(weight, ignore_index, label_smoothing, z_loss, softcap or None)
     grad = _empty_gradient(rows) if wants_grad else rows.new_empty(0)
-    losses = _kernel_for(rows, target)(
-        rows, target, options, grad_scale, grad if wants_grad else None
-    )
+    losses = _kernel_for(rows)(rows, target, options, grad_scale, grad if wants_grad else None)
     return losses, grad
 
 
@@ -198,7 +196,7 @@ def _(
     return losses, torch.empty_like(rows) if wants_grad else rows.new_empty(0)
 
 
-def _kernel_for(rows: torch.Tensor, target: torch.Tensor) -> Kernel:
+def _kernel_for(rows: torch.Tensor) -> Kernel:
     """The Triton kernels on a GPU; the chunked torch pass otherwise."""
     if _use_triton(rows):
         from crossent.torch._triton.cross_entropy import loss_and_grad

@@ -284,7 +284,7 @@ def _run(
             grad_scale if grad_scale is None or grad_scale.dim() == 0 else grad_scale[start:stop]
         )
         grad = logits if any(wants) else None  # the gradient overwrites the chunk's logits
-        out.losses[start:stop] = _kernel_for(logits, target)(
+        out.losses[start:stop] = _kernel_for(logits)(
             logits, target[start:stop], plan.options, scale, grad, out.lse[start:stop]
         )
         if grad is not None:
