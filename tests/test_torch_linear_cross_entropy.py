@@ -293,6 +293,7 @@ def test_the_module_is_a_head_and_trains() -> None:
     assert losses[-1] < 0.5 * losses[0]
     expected = F.cross_entropy(model.logits(hidden), labels)
     torch.testing.assert_close(model(hidden, labels), expected)
+    assert repr(model) == "LinearCrossEntropy(in_features=8, classes=4, bias=True, chunk_size=50)"
     linear = torch.nn.Linear(8, 4)
     shared = LinearCrossEntropy.from_linear(linear, label_smoothing=0.1)
     assert shared.weight is linear.weight

@@ -90,6 +90,11 @@ class LinearCrossEntropy(torch.nn.Module):
     def forward(self, hidden: torch.Tensor, target: torch.Tensor) -> Any:
         return linear_cross_entropy(hidden, self.weight, target, bias=self.bias, **self.options)
 
+    def extra_repr(self) -> str:
+        classes, features = self.weight.shape
+        options = "".join(f", {name}={value!r}" for name, value in self.options.items())
+        return f"in_features={features}, classes={classes}, bias={self.bias is not None}{options}"
+
 
 __all__ = [
     "CrossEntropyLoss",
