@@ -93,13 +93,8 @@ def gradients(
     wants: tuple[bool, ...],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """∂h, ∂W, ∂b (those in ``wants``) in the compute dtype, each row's times ``grad_scale``."""
-    rows, dim = hidden.shape
-    classes, compute = weight.shape[0], _compute(hidden)
-    want_h, want_w, want_b = (*wants, False, False, False)[:3]
-    zeros = hidden.new_zeros
-    d_h = zeros(rows, dim, dtype=compute) if want_h else None
-    d_w = zeros(classes, dim, dtype=compute) if want_w else None
-    d_b = zeros(classes, dtype=compute) if want_b and bias is not None else None
+    rows, classes, compute = hidden.shape[0], weight.shape[0], _compute(hidden)
+    d_h, d_w, d_b = gradient_sums(hidden, weight, bias, wants, compute)
     eps, keep = options.label_smoothing, target != options.ignore_index
     factor = torch.where(keep, grad_scale.to(compute), 0.0)  # 0-d or (N,) → (N,)
     coef = 1.0 + 2.0 * options.z_loss * lse
@@ -124,6 +119,23 @@ def gradients(
             if d_b is not None:
                 d_b[first:last] += g.sum(dim=0)
     return d_h, d_w, d_b
+
+
+def gradient_sums(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    wants: tuple[bool, ...],
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Zeroed sums for ∂h, ∂W and ∂b in ``dtype``, each only if ``wants`` asks for it."""
+    want_h, want_w, want_b = (*wants, False, False, False)[:3]
+    zeros = hidden.new_zeros
+    return (
+        zeros(hidden.shape, dtype=dtype) if want_h else None,
+        zeros(weight.shape, dtype=dtype) if want_w else None,
+        zeros(weight.shape[0], dtype=dtype) if want_b and bias is not None else None,
+    )
 
 
 def _logits(

@@ -25,6 +25,13 @@ import triton.language as tl
 
 from crossent.torch._cpu import Options
 
+# switches set by which optional tensors a call passes (None or not)
+_OPTIONAL = {
+    "HAS_WEIGHT": lambda a: a["W"] is not None,
+    "WRITE_GRAD": lambda a: a["G"] is not None,
+    "WRITE_LSE": lambda a: a["LSE"] is not None,
+}
+
 
 @triton.jit
 def _capped(x, SOFTCAP: tl.constexpr, softcap):
@@ -34,13 +41,7 @@ def _capped(x, SOFTCAP: tl.constexpr, softcap):
     return x
 
 
-@triton.heuristics(
-    {
-        "HAS_WEIGHT": lambda a: a["W"] is not None,
-        "WRITE_GRAD": lambda a: a["G"] is not None,
-        "WRITE_LSE": lambda a: a["LSE"] is not None,
-    }
-)
+@triton.heuristics(_OPTIONAL)
 @triton.jit
 def _cross_entropy_rows(
     X,  # (R, C) logits, rows strided by stride_x
@@ -138,13 +139,7 @@ def _smoothed(t, W, cols, inside, C, eps, SMOOTHING: tl.constexpr, HAS_WEIGHT: t
     return tl.where(inside, v, 0.0)
 
 
-@triton.heuristics(
-    {
-        "HAS_WEIGHT": lambda a: a["W"] is not None,
-        "WRITE_GRAD": lambda a: a["G"] is not None,
-        "WRITE_LSE": lambda a: a["LSE"] is not None,
-    }
-)
+@triton.heuristics(_OPTIONAL)
 @triton.jit
 def _cross_entropy_probability_rows(
     X, stride_x, T, stride_t, W, G, stride_g, F, stride_f, LOSS, LSE, C, eps, z_loss, softcap,

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from crossent.torch._class_blocks import row_losses
+from crossent.torch._class_blocks import gradient_sums, row_losses
 from crossent.torch._cpu import Options
 from crossent.torch._triton.cross_entropy import _capped
 
@@ -218,11 +218,7 @@ def gradients(
     """∂h, ∂W, ∂b in float32 (those in ``wants``), each row's share times ``grad_scale``."""
     rows, dim = hidden.shape
     classes = weight.shape[0]
-    want_h, want_w, want_b = (*wants, False, False, False)[:3]
-    zeros = hidden.new_zeros
-    d_h = zeros(rows, dim, dtype=torch.float32) if want_h else None
-    d_w = zeros(classes, dim, dtype=torch.float32) if want_w else None
-    d_b = zeros(classes, dtype=torch.float32) if want_b and bias is not None else None
+    d_h, d_w, d_b = gradient_sums(hidden, weight, bias, wants, torch.float32)
     factor = grad_scale.to(hidden.device, torch.float32).contiguous()
     tiles = _tiles(hidden)
     grid = (triton.cdiv(rows, tiles["BM"]), triton.cdiv(classes, tiles["BN"]))
