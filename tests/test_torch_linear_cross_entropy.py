@@ -393,3 +393,34 @@ def test_huge_class_counts_switch_to_blocks_of_classes(monkeypatch) -> None:
     )
     torch.testing.assert_close(ours[0], theirs[0])
     assert_close_all(ours[1], theirs[1], rtol=1e-4, atol=1e-6)
+
+
+@given(
+    rows=st.integers(1, 30),
+    dim=st.integers(1, 7),
+    classes=st.integers(1, 25),
+    block_rows=st.integers(1, 12),
+    block_classes=st.integers(1, 12),
+    seed=st.integers(0, 2**31),
+)
+def test_any_blocks_of_classes_give_the_unfused_answer(
+    rows, dim, classes, block_rows, block_classes, seed
+):
+    hidden, weight, bias, _ = head(rows, dim, classes, seed=seed)
+    labels = torch.randint(0, classes, (rows,), generator=torch.Generator().manual_seed(seed))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRITON_INTERPRET", "0")
+        patch.setattr(_class_blocks, "ROWS", block_rows)
+        patch.setattr(_class_blocks, "BLOCK_BYTES", block_rows * block_classes * 8)
+        ours = value_and_grads(
+            lambda: linear_cross_entropy(
+                hidden, weight, labels, bias=bias, low_memory=True, label_smoothing=0.1
+            ),
+            (hidden, weight, bias),
+        )
+    theirs = value_and_grads(
+        lambda: F.cross_entropy(F.linear(hidden, weight, bias), labels, label_smoothing=0.1),
+        (hidden, weight, bias),
+    )
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-12, atol=1e-12)
+    assert_close_all(ours[1], theirs[1], rtol=1e-10, atol=1e-12)
