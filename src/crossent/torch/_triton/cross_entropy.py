@@ -41,6 +41,23 @@ def _capped(x, SOFTCAP: tl.constexpr, softcap):
     return x
 
 
+@triton.jit
+def _row_block(x_row, cols, inside, SOFTCAP: tl.constexpr, softcap):
+    """A block of one row's logits in float32, soft-capped; −inf past the row's end, so that
+    those lanes add nothing to a max or a sum of exponentials."""
+    x = _capped(tl.load(x_row + cols, mask=inside, other=0.0).to(tl.float32), SOFTCAP, softcap)
+    return tl.where(inside, x, float("-inf"))
+
+
+@triton.jit
+def _online_lse(m, d, x):
+    """One block of the online log-sum-exp (arXiv 1805.02867): the running max m and the sum
+    d of exp(x − m) after the block x. A block of −inf only adds 0."""
+    m_new = tl.maximum(m, tl.max(x, axis=0))
+    shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    return m_new, d * tl.exp(m - shift) + tl.sum(tl.exp(x - shift), axis=0)
+
+
 @triton.heuristics(_OPTIONAL)
 @triton.jit
 def _cross_entropy_rows(
@@ -83,12 +100,8 @@ def _cross_entropy_rows(
     for start in range(0, C, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         inside = cols < C
-        x = _capped(tl.load(x_row + cols, mask=inside, other=0.0).to(tl.float32), SOFTCAP, softcap)
-        x = tl.where(inside, x, float("-inf"))  # lanes past C add nothing, capped or not
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # an all −inf block adds 0
-        d = d * tl.exp(m - shift) + tl.sum(tl.exp(x - shift), axis=0)
-        m = m_new
+        x = _row_block(x_row, cols, inside, SOFTCAP, softcap)
+        m, d = _online_lse(m, d, x)
         if SMOOTHING:
             w = tl.load(W + cols, mask=inside, other=0.0) if HAS_WEIGHT else inside.to(tl.float32)
             weighted_x += tl.sum(tl.where(inside, w * x, 0.0), axis=0)
@@ -116,9 +129,7 @@ def _cross_entropy_rows(
         for start in range(0, C, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             inside = cols < C
-            x = _capped(
-                tl.load(x_row + cols, mask=inside, other=0.0).to(tl.float32), SOFTCAP, softcap
-            )
+            x = _row_block(x_row, cols, inside, SOFTCAP, softcap)
             p = tl.where(ignored, 0.0, tl.exp(x - lse))
             g = p * coef - tl.where(cols == safe_y, (1.0 - eps) * w_y, 0.0)
             if SMOOTHING:
@@ -159,16 +170,12 @@ def _cross_entropy_probability_rows(
     for start in range(0, C, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         inside = cols < C
-        x = _capped(tl.load(x_row + cols, mask=inside, other=0.0).to(tl.float32), SOFTCAP, softcap)
-        x = tl.where(inside, x, float("-inf"))
+        x = _row_block(x_row, cols, inside, SOFTCAP, softcap)
         t = tl.load(t_row + cols, mask=inside, other=0.0).to(tl.float32)
         v = _smoothed(t, W, cols, inside, C, eps, SMOOTHING, HAS_WEIGHT)
         total_v += tl.sum(v, axis=0)
         cross += tl.sum(tl.where(v == 0.0, 0.0, v * x), axis=0)  # 0 · (−inf) = 0
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        d = d * tl.exp(m - shift) + tl.sum(tl.exp(x - shift), axis=0)
-        m = m_new
+        m, d = _online_lse(m, d, x)
     lse = m + tl.log(d)
     loss = total_v * lse - cross
     if Z_LOSS:
@@ -183,9 +190,7 @@ def _cross_entropy_probability_rows(
         for start in range(0, C, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             inside = cols < C
-            x = _capped(
-                tl.load(x_row + cols, mask=inside, other=0.0).to(tl.float32), SOFTCAP, softcap
-            )
+            x = _row_block(x_row, cols, inside, SOFTCAP, softcap)
             t = tl.load(t_row + cols, mask=inside, other=0.0).to(tl.float32)
             v = _smoothed(t, W, cols, inside, C, eps, SMOOTHING, HAS_WEIGHT)
             g = tl.exp(x - lse) * coef - v
