@@ -36,7 +36,15 @@ import constriction
 import numpy as np
 
 import crossent
-from bench_measures import cpu_model, git_commit, l3_cache, log, write_csv
+from bench_measures import (
+    add_csv_option,
+    cpu_model,
+    git_commit,
+    l3_cache,
+    log,
+    results_path,
+    write_csv,
+)
 from crossent.coding.labels import compress, decompress
 
 CASES = ((10, 1_000_000), (1_000, 50_000), (50_000, 1_000))
@@ -168,14 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"small sizes {QUICK_CASES}")
     parser.add_argument("--repeat", type=int, default=3, help="timed calls of each (median)")
-    parser.add_argument(
-        "--csv",
-        type=Path,
-        default=None,
-        help=f"results file (default {DEFAULT_CSV}; none with --quick)",
-    )
+    add_csv_option(parser, DEFAULT_CSV)
     args = parser.parse_args(argv)
-    csv_path = args.csv or (None if args.quick else DEFAULT_CSV)
+    csv_path = results_path(args, DEFAULT_CSV)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as folder:
         for classes, count in QUICK_CASES if args.quick else CASES:

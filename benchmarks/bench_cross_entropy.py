@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +42,7 @@ from _harness import (
     run_isolated,
     time_calls,
 )
-from bench_measures import log, write_csv
+from bench_measures import add_csv_option, log, results_path, write_csv
 
 PROVIDERS = ("crossent", "crossent-inplace", "eager", "compile", "liger")
 
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default=None, help="float32 on the CPU, bfloat16 on CUDA")
     parser.add_argument("--repeat", type=int, default=None, help="timed calls (5 CPU, 20 GPU)")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--csv", type=Path, default=None)
+    add_csv_option(parser, DOCS / "cross_entropy_<device>.csv")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--classes", type=int, help=argparse.SUPPRESS)
@@ -175,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         emit(measure(args.one, args.device, args.rows, args.classes, args.dtype, args.repeat))
         return
     rows = rows_for(args)
-    csv_path = args.csv or (None if args.quick else DOCS / f"cross_entropy_{args.device}.csv")
+    csv_path = results_path(args, DOCS / f"cross_entropy_{args.device}.csv")
     if csv_path is not None:
         write_csv(csv_path, rows, about(args.device))
     print(markdown(rows))

@@ -79,7 +79,7 @@ import torch
 import torch.nn.functional as F
 
 from _harness import DOCS, about, emit, importable, percentiles, run_isolated, time_calls
-from bench_measures import log, write_csv
+from bench_measures import add_csv_option, log, results_path, write_csv
 from crossent.torch import linear_cross_entropy
 
 PROVIDERS = (
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="tiny shapes, a smoke test")
     parser.add_argument("--providers", default=",".join(PROVIDERS), help="comma-separated")
-    parser.add_argument("--csv", type=Path, default=None)
+    add_csv_option(parser, DOCS / "linear_cross_entropy_<device>.csv")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--cases", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -421,8 +421,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown providers {sorted(unknown)}; choose from {PROVIDERS}")
     with tempfile.TemporaryDirectory(prefix="crossent-bench-lce-") as folder:
         rows = run(args, Path(folder))
-    name = f"linear_cross_entropy_{args.device}.csv"
-    csv_path = args.csv or (None if args.quick else DOCS / name)
+    csv_path = results_path(args, DOCS / f"linear_cross_entropy_{args.device}.csv")
     if csv_path is not None and rows:
         write_csv(csv_path, rows, about(args.device))
     print(markdown(rows))

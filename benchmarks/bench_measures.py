@@ -288,6 +288,22 @@ def l3_cache() -> str:
         return "unknown"
 
 
+def add_csv_option(parser: argparse.ArgumentParser, default: Path | str) -> None:
+    """``--csv PATH``: where a benchmark writes its results; see :func:`results_path`."""
+    parser.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        help=f"where to write the results (default {default}; none with --quick)",
+    )
+
+
+def results_path(args: argparse.Namespace, default: Path) -> Path | None:
+    """``--csv`` if given, else ``default``; nowhere for a ``--quick`` smoke run."""
+    path: Path | None = args.csv or (None if args.quick else default)
+    return path
+
+
 def write_csv(path: Path, rows: list[dict], about: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     full = [{**row, **about} for row in rows]
@@ -324,17 +340,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"small shapes {QUICK_SHAPES}")
     parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, help="timed calls each")
-    parser.add_argument(
-        "--csv",
-        type=Path,
-        default=None,
-        help=f"where to write the results (default {DEFAULT_CSV}; none with --quick)",
-    )
+    add_csv_option(parser, DEFAULT_CSV)
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
-    if args.csv is None and not args.quick:
-        args.csv = DEFAULT_CSV
+    args.csv = results_path(args, DEFAULT_CSV)
     return args
 
 

@@ -68,7 +68,16 @@ import pyarrow.parquet as pq
 
 import crossent
 from _load import LoadMeter
-from bench_measures import cpu_model, git_commit, l3_cache, log, source_digest, write_csv
+from bench_measures import (
+    add_csv_option,
+    cpu_model,
+    git_commit,
+    l3_cache,
+    log,
+    results_path,
+    source_digest,
+    write_csv,
+)
 
 CLASSES = [str(j) for j in range(20)]
 TARGET = "label"
@@ -318,19 +327,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where the files are written (default: the temporary folder)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
-    parser.add_argument(
-        "--csv",
-        type=Path,
-        default=None,
-        help=f"where to write the results (default {DEFAULT_CSV}; none with --quick)",
-    )
+    add_csv_option(parser, DEFAULT_CSV)
     args = parser.parse_args(argv)
     args.repeat = args.repeat or (1 if args.quick else DEFAULT_REPEAT)
     args.cache = args.cache or ("warm" if args.quick else "both")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
-    if args.csv is None and not args.quick:
-        args.csv = DEFAULT_CSV
+    args.csv = results_path(args, DEFAULT_CSV)
     return args
 
 

@@ -78,7 +78,16 @@ from sklearn.linear_model import SGDClassifier
 
 import crossent
 from _load import LoadMeter
-from bench_measures import cpu_model, git_commit, l3_cache, log, source_digest, write_csv
+from bench_measures import (
+    add_csv_option,
+    cpu_model,
+    git_commit,
+    l3_cache,
+    log,
+    results_path,
+    source_digest,
+    write_csv,
+)
 from crossent.classifier.model import ModelCard, SoftmaxClassifier, standardisation
 from crossent.classifier.train import SGDOptions, mean_nll_bits, train
 
@@ -432,20 +441,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_CHECKS_PER_EPOCH,
         help="crossent's held-out checks per epoch (default 10)",
     )
-    parser.add_argument(
-        "--csv",
-        type=Path,
-        default=None,
-        help=f"where to write the results (default {DEFAULT_CSV}; none with --quick)",
-    )
+    add_csv_option(parser, DEFAULT_CSV)
     args = parser.parse_args(argv)
     args.epochs = args.epochs or (2 if args.quick else DEFAULT_EPOCHS)
     args.repeat = args.repeat or (1 if args.quick else DEFAULT_REPEAT)
     for name in ("epochs", "repeat", "threads", "checks_per_epoch"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.csv is None and not args.quick:
-        args.csv = DEFAULT_CSV
+    args.csv = results_path(args, DEFAULT_CSV)
     return args
 
 
