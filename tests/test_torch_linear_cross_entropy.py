@@ -47,6 +47,12 @@ def assert_close_all(ours, theirs, **tolerance) -> None:
         torch.testing.assert_close(a, b, **tolerance)
 
 
+def assert_same_in_float64(ours, theirs) -> None:
+    """(loss, gradients) pairs that may differ only by float64 rounding."""
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-12, atol=1e-12)
+    assert_close_all(ours[1], theirs[1], rtol=1e-10, atol=1e-12)
+
+
 OPTIONS = [
     {},
     {"label_smoothing": 0.2},
@@ -88,8 +94,7 @@ def test_equals_the_unfused_head_on_every_combination(
         lambda: cross_entropy(F.linear(hidden, weight, b), target, weight=class_weight, **kwargs),
         tensors,
     )
-    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-12, atol=1e-12)
-    assert_close_all(ours[1], theirs[1], rtol=1e-10, atol=1e-12)
+    assert_same_in_float64(ours, theirs)
 
 
 @pytest.mark.skipif(
@@ -136,8 +141,7 @@ def test_any_shape_and_chunk_size_gives_the_unfused_answer(rows, dim, classes, c
     theirs = value_and_grads(
         lambda: F.cross_entropy(F.linear(hidden, weight, bias), labels), tensors
     )
-    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-12, atol=1e-12)
-    assert_close_all(ours[1], theirs[1], rtol=1e-10, atol=1e-12)
+    assert_same_in_float64(ours, theirs)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
@@ -360,8 +364,7 @@ def test_class_blocks_equal_the_unfused_head(class_blocks, reduction, options) -
     theirs = value_and_grads(
         lambda: cross_entropy(F.linear(hidden, weight, bias), labels, **kwargs), tensors
     )
-    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-12, atol=1e-12)
-    assert_close_all(ours[1], theirs[1], rtol=1e-10, atol=1e-12)
+    assert_same_in_float64(ours, theirs)
 
 
 def test_class_blocks_ignore_rows_exactly_even_with_huge_logits(class_blocks) -> None:
@@ -422,5 +425,4 @@ def test_any_blocks_of_classes_give_the_unfused_answer(
         lambda: F.cross_entropy(F.linear(hidden, weight, bias), labels, label_smoothing=0.1),
         (hidden, weight, bias),
     )
-    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-12, atol=1e-12)
-    assert_close_all(ours[1], theirs[1], rtol=1e-10, atol=1e-12)
+    assert_same_in_float64(ours, theirs)
