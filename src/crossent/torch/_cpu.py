@@ -68,14 +68,10 @@ def loss_and_grad(
     def run(start: int) -> None:
         stop = min(rows, start + step)
         out = None if grad is None else grad[start:stop]
-        scale = (
-            grad_scale
-            if grad_scale is None or grad_scale.dim() == 0
-            else grad_scale[start:stop, None]
-        )
         losses[start:stop], row_lse = _chunk(
-            logits[start:stop], target[start:stop], options, weight, scale, out, compute
-        )
+            logits[start:stop], target[start:stop], options, weight,
+            rows_of(grad_scale, start, stop), out, compute,
+        )  # fmt: skip
         if lse is not None:
             lse[start:stop] = row_lse
 
@@ -99,6 +95,12 @@ def loss_and_grad(
     finally:
         torch.set_num_threads(threads)
     return losses
+
+
+def rows_of(scale: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
+    """The gradient factor of rows ``start:stop``: the one factor of all rows (0-d, or None),
+    or those rows' own."""
+    return scale if scale is None or scale.dim() == 0 else scale[start:stop]
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ def _chunk(
         return loss, lse[:, 0]
     factor = part.keep.to(compute)[:, None]
     if scale is not None:
-        factor = factor * scale.to(compute)
+        factor = factor * scale.to(compute).reshape(-1, 1)  # one factor, or one per row
     e.mul_(coef * factor)  # p_j · coef, scaled: one pass
     part.subtract(e, factor)
     if capped is not None:

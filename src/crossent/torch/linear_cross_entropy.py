@@ -29,7 +29,7 @@ import torch
 
 from crossent._checks import Reduction, check_base, check_index_range, check_reduction
 from crossent.torch import _class_blocks
-from crossent.torch._cpu import Options
+from crossent.torch._cpu import Options, rows_of
 from crossent.torch.cross_entropy import (
     _denominator,
     _grad_scale,
@@ -273,20 +273,19 @@ def _run(
     )
     step = min(plan.chunk_rows, max(rows, 1))
     buffer = hidden.new_empty(step, classes)
+    bias = None if bias is None else bias.to(hidden.dtype)  # once, not once per chunk
     for start in range(0, rows, step):
         stop = min(rows, start + step)
         h, logits = hidden[start:stop], buffer[: stop - start]
         if bias is None:
             torch.mm(h, weight.T, out=logits)
         else:
-            torch.addmm(bias.to(logits.dtype), h, weight.T, out=logits)
-        scale = (
-            grad_scale if grad_scale is None or grad_scale.dim() == 0 else grad_scale[start:stop]
-        )
+            torch.addmm(bias, h, weight.T, out=logits)
         grad = logits if any(wants) else None  # the gradient overwrites the chunk's logits
         out.losses[start:stop] = _kernel_for(logits)(
-            logits, target[start:stop], plan.options, scale, grad, out.lse[start:stop]
-        )
+            logits, target[start:stop], plan.options, rows_of(grad_scale, start, stop), grad,
+            out.lse[start:stop],
+        )  # fmt: skip
         if grad is not None:
             _multiply_out(grad, h, weight, out, start)
     return out
@@ -322,7 +321,7 @@ def _multiply_out(
 ) -> None:
     """A chunk's share of the three gradients, from its logits' gradient ``grad`` (r × C)."""
     if out.hidden is not None:
-        torch.mm(grad, weight.to(grad.dtype), out=out.hidden[start : start + grad.shape[0]])
+        torch.mm(grad, weight, out=out.hidden[start : start + grad.shape[0]])
     if out.weight is not None:
         _add_product(out.weight, grad, h)
     if out.bias is not None:
