@@ -19,7 +19,7 @@ from torch.autograd.function import once_differentiable
 from crossent._checks import Reduction, check_base, check_index_range, check_reduction
 from crossent.torch import _cpu
 from crossent.torch._cpu import Options
-from crossent.torch.reference import reduce_rows
+from crossent.torch.reference import example_shape, reduce_rows
 
 
 class Kernel(Protocol):
@@ -78,9 +78,21 @@ def cross_entropy(
     >>> bool(torch.isclose(cross_entropy(x, y), torch.nn.functional.cross_entropy(x, y)))
     True
     """
-    check_reduction(reduction)
-    _check_options(logits, target, weight, label_smoothing, z_loss, softcap)
     options = Options(weight, ignore_index, float(label_smoothing), float(z_loss), softcap)
+    return loss_of(logits, target, options, reduction, base, inplace_backward)
+
+
+def loss_of(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    options: Options,
+    reduction: Reduction,
+    base: float,
+    inplace_backward: bool = False,
+) -> torch.Tensor:
+    """:func:`cross_entropy` with its options gathered, after checking them."""
+    check_reduction(reduction)
+    _check_options(logits, target, options)
     scale = 1.0 / math.log(check_base(base))
     result: torch.Tensor = _CrossEntropy.apply(  # type: ignore[no-untyped-call]
         logits, target, options, reduction, scale, inplace_backward
@@ -102,11 +114,12 @@ class _CrossEntropy(torch.autograd.Function):
         rows, row_target = _as_rows(logits), _target_rows(target, logits)
         checkable = rows.device.type == "cpu" and not torch.compiler.is_compiling()
         if not target.is_floating_point() and checkable:
-            check_index_range("target", row_target, rows.shape[1], options.ignore_index)
+            classes = options.classes(rows.shape[1])
+            check_index_range("target", row_target, classes, options.ignore_index)
         denominator = _denominator(row_target, options, rows.shape[0])
         grad_scale = _grad_scale(reduction, denominator, scale)
         wants_grad = bool(ctx.needs_input_grad[0])
-        if torch.compiler.is_compiling():  # one opaque operator for the compiler to trace
+        if torch.compiler.is_compiling() and options.shard is None:  # one opaque operator
             losses, grad = torch.ops.crossent.cross_entropy_rows(
                 rows, row_target, options.weight, options.ignore_index,
                 options.label_smoothing, options.z_loss, options.softcap or 0.0, grad_scale,
@@ -115,7 +128,7 @@ class _CrossEntropy(torch.autograd.Function):
         else:  # eager: the same pass without the operator's dispatch (0.1 ms per call)
             in_place = inplace and wants_grad and rows.data_ptr() == logits.data_ptr()
             grad = rows if in_place else _empty_gradient(rows) if wants_grad else None
-            losses = _kernel_for(rows)(rows, row_target, options, grad_scale, grad)
+            losses = _kernel_for(rows, options)(rows, row_target, options, grad_scale, grad)
         if scale != 1.0:  # nats, the default, need no product
             losses = losses * scale
         ctx.reduction, ctx.logits_shape, ctx.inplace = reduction, logits.shape, inplace
@@ -175,7 +188,8 @@ def _cross_entropy_rows(
     """
     options = Options(weight, ignore_index, label_smoothing, z_loss, softcap or None)
     grad = _empty_gradient(rows) if wants_grad else rows.new_empty(0)
-    losses = _kernel_for(rows)(rows, target, options, grad_scale, grad if wants_grad else None)
+    kernel = _kernel_for(rows, options)
+    losses = kernel(rows, target, options, grad_scale, grad if wants_grad else None)
     return losses, grad
 
 
@@ -196,9 +210,10 @@ def _(
     return losses, torch.empty_like(rows) if wants_grad else rows.new_empty(0)
 
 
-def _kernel_for(rows: torch.Tensor) -> Kernel:
-    """The Triton kernels on a GPU; the chunked torch pass otherwise."""
-    if _use_triton(rows):
+def _kernel_for(rows: torch.Tensor, options: Options) -> Kernel:
+    """The Triton kernels on a GPU; the chunked torch pass otherwise, and on a shard of the
+    classes (its chunks meet the other shards' between passes)."""
+    if _use_triton(rows) and options.shard is None:
         from crossent.torch._triton.cross_entropy import loss_and_grad
 
         return loss_and_grad
@@ -226,7 +241,8 @@ def _as_rows(logits: torch.Tensor) -> torch.Tensor:
         return logits.reshape(1, -1)
     if logits.dim() == 2:
         return logits.contiguous()
-    return logits.movedim(1, -1).reshape(-1, logits.shape[1])
+    rows = math.prod(example_shape(logits))  # counted, not inferred: a shard may hold no class
+    return logits.movedim(1, -1).reshape(rows, logits.shape[1])
 
 
 def _from_rows(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -261,33 +277,23 @@ def _grad_scale(reduction: Reduction, denominator: torch.Tensor, scale: float) -
     return torch.where(denominator == 0, 0.0, scale / denominator)
 
 
-def _check_options(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
-) -> None:
+def _check_options(logits: torch.Tensor, target: torch.Tensor, options: Options) -> None:
     if not logits.is_floating_point():
         raise TypeError(f"`logits` must be a floating-point tensor; got dtype {logits.dtype}")
-    classes = logits.shape[1] if logits.dim() > 1 else logits.shape[0]
     if target.is_floating_point() and target.shape != logits.shape:
         raise ValueError(
             f"probability `target` must have the shape of `logits` {tuple(logits.shape)}; "
             f"got {tuple(target.shape)}"
         )
-    check_loss_options(classes, weight, label_smoothing, z_loss, softcap)
+    check_loss_options(logits.shape[1] if logits.dim() > 1 else logits.shape[0], options)
 
 
-def check_loss_options(
-    classes: int,
-    weight: torch.Tensor | None,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
-) -> None:
-    """The options every form of the loss shares: class weights and the three numbers."""
+def check_loss_options(classes: int, options: Options) -> None:
+    """The options every form of the loss shares: class weights and the three numbers, for
+    logits of ``classes`` classes (a shard's: the weights are one per class of all shards)."""
+    classes = options.classes(classes)
+    weight, label_smoothing = options.weight, options.label_smoothing
+    z_loss, softcap = options.z_loss, options.softcap
     if weight is not None and tuple(weight.shape) != (classes,):
         raise ValueError(
             f"`weight` must have shape ({classes},), one per class; got {tuple(weight.shape)}"

@@ -100,17 +100,40 @@ def linear_cross_entropy(
     >>> bool(torch.isclose(loss, torch.nn.functional.cross_entropy(h @ w.T, y)))
     True
     """
+    options = Options(class_weight, ignore_index, float(label_smoothing), float(z_loss), softcap)
+    head = Head(hidden, weight, bias, target)
+    return head_loss_of(
+        head, options, reduction, base, chunk_size, low_memory, weight_grad_dtype, return_lse
+    )
+
+
+def head_loss_of(
+    head: Head,
+    options: Options,
+    reduction: Reduction,
+    base: float,
+    chunk_size: int | None,
+    low_memory: bool | None,
+    weight_grad_dtype: torch.dtype | None,
+    return_lse: bool,
+) -> Any:
+    """:func:`linear_cross_entropy` with its tensors and options gathered, after checking them.
+
+    On a shard of the classes the chunks are sized by the widest shard, so that every shard
+    takes the same chunks, and the hidden rows' gradient is summed over the shards.
+    """
     check_reduction(reduction)
-    rows, row_target = _check_shapes(hidden, weight, target, bias)
-    check_loss_options(weight.shape[0], class_weight, label_smoothing, z_loss, softcap)
+    hidden, weight, target = head.hidden, head.weight, head.target
+    rows, row_target = _check_shapes(hidden, weight, target, head.bias)
+    check_loss_options(weight.shape[0], options)
     if chunk_size is not None and (isinstance(chunk_size, bool) or chunk_size < 1):
         raise ValueError(f"`chunk_size` must be a whole number ≥ 1 or None; got {chunk_size!r}")
-    options = Options(class_weight, ignore_index, float(label_smoothing), float(z_loss), softcap)
-    chunk_rows = chunk_size or default_chunk_rows(weight.shape[0], hidden)
+    widest = weight.shape[0] if options.shard is None else options.shard.widest
+    chunk_rows = chunk_size or default_chunk_rows(widest, hidden)
     if low_memory is None:
-        low_memory = _tiles_needed(hidden, weight, target, class_weight)
+        low_memory = options.shard is None and _tiles_needed(hidden, weight, target, options)
     elif low_memory:
-        _check_low_memory(target, class_weight)
+        _check_low_memory(target, options)
     plan = _Plan(
         options,
         reduction,
@@ -120,7 +143,7 @@ def linear_cross_entropy(
         weight_grad_dtype,
         target.shape if not target.is_floating_point() else hidden.shape[:-1],
     )
-    loss, lse = _LinearCrossEntropy.apply(rows, weight, bias, row_target, plan)  # type: ignore[no-untyped-call]
+    loss, lse = _LinearCrossEntropy.apply(rows, weight, head.bias, row_target, plan)  # type: ignore[no-untyped-call]
     if reduction == "none":
         loss = loss.reshape(plan.example_shape)
     return (loss, lse.reshape(plan.example_shape)) if return_lse else loss
@@ -139,15 +162,12 @@ def _budget(tensor: torch.Tensor) -> int:
 
 
 def _tiles_needed(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    target: torch.Tensor,
-    class_weight: torch.Tensor | None,
+    hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, options: Options
 ) -> bool:
     """Whether the low-memory mode takes over by itself: for the targets it supports, when
     even :data:`MIN_CHUNK_ROWS` rows of logits exceed the device's chunk budget."""
     too_wide = weight.shape[0] * hidden.element_size() * MIN_CHUNK_ROWS > _budget(hidden)
-    return too_wide and not target.is_floating_point() and class_weight is None
+    return too_wide and not target.is_floating_point() and options.weight is None
 
 
 def _triton_tiles(hidden: torch.Tensor) -> bool:
@@ -157,11 +177,14 @@ def _triton_tiles(hidden: torch.Tensor) -> bool:
     return (hidden.is_cuda or interpreted) and importlib.util.find_spec("triton") is not None
 
 
-def _check_low_memory(target: torch.Tensor, class_weight: torch.Tensor | None) -> None:
-    if target.is_floating_point() or class_weight is not None:
+def _check_low_memory(target: torch.Tensor, options: Options) -> None:
+    if target.is_floating_point() or options.weight is not None or options.shard is not None:
         raise ValueError(
-            "`low_memory=True` takes class-index targets without `class_weight`; got "
-            + ("probability targets" if target.is_floating_point() else "a class_weight")
+            "`low_memory=True` takes class-index targets without `class_weight`, on one "
+            "process; got "
+            + ("probability targets" if target.is_floating_point() else "")
+            + ("a class_weight" if options.weight is not None else "")
+            + ("a shard of the classes" if options.shard is not None else "")
         )
 
 
@@ -179,7 +202,7 @@ class _Plan:
 
 
 @dataclass(frozen=True)
-class _Head:
+class Head:
     """The tensors of one call: hidden rows (N, D), the weight (C, D), the bias, the targets."""
 
     hidden: torch.Tensor
@@ -211,12 +234,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         options, reduction = plan.options, plan.reduction
         if not target.is_floating_point() and hidden.device.type == "cpu":
-            check_index_range("target", target, weight.shape[0], options.ignore_index)
+            classes = options.classes(weight.shape[0])
+            check_index_range("target", target, classes, options.ignore_index)
         denominator = _denominator(target, options, hidden.shape[0])
         wants = tuple(bool(w) for w in ctx.needs_input_grad[:3])
         in_forward = reduction != "none" and any(wants)
         scale = _grad_scale(reduction, denominator, plan.scale) if in_forward else None
-        head = _Head(hidden, weight, bias, target)
+        head = Head(hidden, weight, bias, target)
         result = _run(head, plan, scale, wants if in_forward else (), None)
         ctx.plan, ctx.wants, ctx.reduction = plan, wants, reduction
         ctx.inplace = ctx.used = False  # as scale_saved reads them
@@ -237,7 +261,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             hidden, weight, bias, target, lse = ctx.saved_tensors
             wide = torch.promote_types(hidden.dtype, torch.float32)
             upstream = grad_loss.reshape(-1).to(wide) * plan.scale
-            result = _run(_Head(hidden, weight, bias, target), plan, upstream, wants, lse)
+            result = _run(Head(hidden, weight, bias, target), plan, upstream, wants, lse)
             grads = [result.hidden, result.weight, result.bias]
         else:
             saved = iter(scale_saved(ctx, ctx.saved_tensors, grad_loss, "linear_cross_entropy"))
@@ -249,7 +273,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def _run(
-    head: _Head,
+    head: Head,
     plan: _Plan,
     grad_scale: torch.Tensor | None,
     wants: tuple[bool, ...],
@@ -282,17 +306,19 @@ def _run(
         else:
             torch.addmm(bias, h, weight.T, out=logits)
         grad = logits if any(wants) else None  # the gradient overwrites the chunk's logits
-        out.losses[start:stop] = _kernel_for(logits)(
+        out.losses[start:stop] = _kernel_for(logits, plan.options)(
             logits, target[start:stop], plan.options, rows_of(grad_scale, start, stop), grad,
             out.lse[start:stop],
         )  # fmt: skip
         if grad is not None:
             _multiply_out(grad, h, weight, out, start)
+    if plan.options.shard is not None and out.hidden is not None:
+        plan.options.shard.add_up(out.hidden)  # ∂h = Σ over shards of g W_shard
     return out
 
 
 def _run_tiles(
-    head: _Head,
+    head: Head,
     plan: _Plan,
     grad_scale: torch.Tensor | None,
     wants: tuple[bool, ...],
@@ -369,6 +395,6 @@ def _check_shapes(
             f"got {tuple(target.shape)}"
         )
     rows = hidden.reshape(-1, hidden.shape[-1]).contiguous()
-    if target.is_floating_point():
-        return rows, target.reshape(-1, classes)
+    if target.is_floating_point():  # counted rows: a shard may hold no class
+        return rows, target.reshape(rows.shape[0], classes)
     return rows, target.reshape(-1).contiguous()  # the kernels read label i at offset i

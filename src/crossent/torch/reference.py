@@ -90,7 +90,7 @@ def reduce_rows(
     """Per-example losses ``row`` in the target's layout ("none"), summed, or their mean over
     ``denominator`` (0 when it is 0), in the losses' dtype."""
     if reduction == "none":
-        shape = target.shape if not target.is_floating_point() else _example_shape(logits)
+        shape = target.shape if not target.is_floating_point() else example_shape(logits)
         return row.reshape(shape)
     total = row.sum()
     if reduction == "sum":
@@ -98,5 +98,6 @@ def reduce_rows(
     return torch.where(denominator == 0, 0.0, total / denominator).to(total.dtype)
 
 
-def _example_shape(logits: torch.Tensor) -> torch.Size:
+def example_shape(logits: torch.Tensor) -> torch.Size:
+    """The shape of one loss per example: the logits' without the class dimension."""
     return logits.shape[:1] + logits.shape[2:] if logits.dim() > 1 else torch.Size([])

@@ -1,0 +1,179 @@
+"""Vocabulary-parallel cross entropy: each process holds a contiguous slice of the classes.
+
+With P processes, rank r holds the logits of classes s_r : s_r + C_r of every row (and, for the
+linear form, the matching rows of the head's weight and bias). The loss needs only three kinds
+of row statistics over all classes, which the ranks combine with two all-reduces per chunk of
+rows (Megatron-LM's scheme, extended to every option of the loss):
+
+    M = max_r lse_r                               all-reduce MAX, 1 number per row
+    S = Σ_r exp(lse_r − M),  Σ_r x_y,  (Σ_r Σ_j w_j x_j | Σ_r V_r, Σ_r Σ_j v_j x_j)
+                                                  all-reduce SUM, 2 or 3 numbers per row
+    lse = M + log S
+
+where lse_r is the log-sum-exp of rank r's slice. Each rank then has the loss of every row and
+the gradient of its own logits, p_j = exp(x_j − lse) times the same factors as on one process,
+without any communication in the backward. So a step moves about 3–4 numbers per row and
+all-reduce instead of the (P − 1)/P · C logits per row that gathering them would.
+
+The linear form multiplies out locally too: ∂W_r = G_rᵀ h and ∂b_r = Σ G_r stay on their
+rank, and only ∂h = Σ_r G_r W_r is summed over the ranks (one all-reduce of N × D numbers).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+import torch
+import torch.distributed as dist
+
+from crossent._checks import Reduction
+from crossent.torch._cpu import Options, Sums
+from crossent.torch.cross_entropy import loss_of
+from crossent.torch.linear_cross_entropy import Head, head_loss_of
+
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+def _not_compiled(function: _Function) -> _Function:
+    """Run ``function`` eagerly under torch.compile: it talks to the other ranks between
+    chunks, which is no graph to compile."""
+    return cast(_Function, torch.compiler.disable(function))  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True)
+class ClassShard:
+    """Classes ``start : start + width`` of ``classes``, held by this rank of ``group``."""
+
+    start: int
+    width: int
+    classes: int  # over all ranks
+    widest: int  # the most classes any rank holds
+    group: Any  # a torch.distributed ProcessGroup, or None for the default group
+
+    def combine(self, lse: torch.Tensor, sums: Sums) -> tuple[torch.Tensor, torch.Tensor, Sums]:
+        """Each row's log-sum-exp over all ranks, exp(lse_local − lse), and the sums' totals.
+
+        The local log-sum-exps are shifted by their maximum over the ranks before they are
+        exponentiated, so no rank's sum overflows; a row that is −inf on every rank keeps
+        log-sum-exp −inf (its loss is then NaN, as on one process, unless it is ignored).
+        """
+        top = lse.clone()
+        dist.all_reduce(top, op=dist.ReduceOp.MAX, group=self.group)
+        top = torch.where(torch.isfinite(top), top, 0.0)
+        packed = torch.cat([torch.exp(lse - top), *sums], dim=1)
+        dist.all_reduce(packed, group=self.group)
+        total = top + packed[:, :1].log()
+        totals = tuple(packed[:, k : k + 1] for k in range(1, packed.shape[1]))
+        return total, torch.exp(lse - total), totals
+
+    def add_up(self, tensor: torch.Tensor) -> None:
+        """Replace ``tensor`` by its sum over the ranks of the group."""
+        dist.all_reduce(tensor, group=self.group)
+
+
+def class_shard(local_classes: int, rows: int, device: torch.device, group: Any) -> ClassShard:
+    """This rank's slice of the classes, from every rank's count (one small all-gather).
+
+    Checks that the process group exists and that every rank holds the same number of rows.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            "vocabulary-parallel losses need torch.distributed: call "
+            "torch.distributed.init_process_group first (or run under "
+            "crossent.torch.distributed.launch or torchrun)"
+        )
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    mine = torch.tensor([local_classes, rows], dtype=torch.int64, device=device)
+    every = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(every, mine, group=group)
+    widths, row_counts = zip(*(t.tolist() for t in every), strict=True)
+    if len(set(row_counts)) > 1:
+        raise ValueError(
+            "every rank must hold the logits of the same rows; rows per rank: "
+            + ", ".join(f"rank {r}: {n}" for r, n in enumerate(row_counts))
+        )
+    if max(widths) == 0:
+        raise ValueError("the ranks hold no classes at all: every slice of the logits is empty")
+    return ClassShard(sum(widths[:rank]), local_classes, sum(widths), max(widths), group)
+
+
+@_not_compiled
+def vocab_parallel_cross_entropy(
+    local_logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    group: Any = None,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: Reduction = "mean",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    base: float = math.e,
+) -> torch.Tensor:
+    """:func:`crossent.torch.cross_entropy` of logits whose classes are split over the ranks.
+
+    Every rank of ``group`` calls this with the same rows and targets and its own contiguous
+    slice of the classes, in rank order (rank 0 holds the first classes; slices may differ in
+    width, even be empty). Every rank gets the same loss, equal to the single-process loss of
+    the concatenated logits up to float rounding, with the same options and edge cases; the
+    gradient of each rank's logits stays on that rank.
+
+    Args:
+        local_logits: ``(N, C_r)`` or ``(N, C_r, d1, ...)``, this rank's classes.
+        target: class indices over *all* classes ``(N,)`` / ``(N, d1, ...)``, the same on every
+            rank; or this rank's slice of probability targets, the shape of ``local_logits``.
+        group: the process group of the shards (default: the whole world).
+        weight: ``(C,)`` class weights of all classes, the same on every rank.
+    """
+    shape = local_logits.shape
+    classes = shape[1] if len(shape) > 1 else shape[0]
+    rows = shape[0] * math.prod(shape[2:]) if len(shape) > 1 else 1
+    shard = class_shard(classes, rows, local_logits.device, group)
+    options = Options(
+        weight, ignore_index, float(label_smoothing), float(z_loss), softcap, shard=shard
+    )
+    return loss_of(local_logits, target, options, reduction, base)
+
+
+@_not_compiled
+def vocab_parallel_linear_cross_entropy(
+    hidden: torch.Tensor,
+    local_weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    local_bias: torch.Tensor | None = None,
+    group: Any = None,
+    class_weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: Reduction = "mean",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    base: float = math.e,
+    chunk_size: int | None = None,
+    weight_grad_dtype: torch.dtype | None = torch.float32,
+    return_lse: bool = False,
+) -> Any:
+    """:func:`crossent.torch.linear_cross_entropy` with the head's classes split over the ranks.
+
+    Every rank holds the same ``hidden`` rows and targets and the rows ``local_weight``
+    ``(C_r, D)`` (and ``local_bias`` ``(C_r,)``) of its contiguous slice of the classes, in rank
+    order. Chunks of rows are computed, combined and turned into gradients as on one process
+    (never more than one chunk of logits); the weight's and bias's gradients stay local and the
+    hidden rows' gradient is summed over the ranks, so every rank gets the full ∂h.
+    ``class_weight`` is ``(C,)`` over all classes; probability targets are this rank's slice.
+    The chunked mode only: ``low_memory`` is a single-process mode.
+    """
+    rows = math.prod(hidden.shape[:-1])
+    shard = class_shard(local_weight.shape[0], rows, hidden.device, group)
+    options = Options(
+        class_weight, ignore_index, float(label_smoothing), float(z_loss), softcap, shard=shard
+    )
+    head = Head(hidden, local_weight, local_bias, target)
+    return head_loss_of(
+        head, options, reduction, base, chunk_size, False, weight_grad_dtype, return_lse
+    )
