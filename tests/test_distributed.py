@@ -352,3 +352,15 @@ def test_cases_cover_every_slice() -> None:
     assert any((np.diff(cuts) == 0).any() for cuts in CUTS.values())
     labels = next(c for c in ALL_CASES if c.name == "index-0-mean").target
     assert set(range(11)) <= set(labels.tolist())
+
+
+def _add_rank(rank: int, world: int, tensor: torch.Tensor) -> float:
+    tensor += rank + 1  # in place: must touch this worker's copy only
+    dist.barrier()
+    return float(tensor.sum())
+
+
+def test_each_worker_gets_its_own_copy_of_the_arguments() -> None:
+    tensor = torch.zeros(3)
+    assert launch(_add_rank, 2, args=(tensor,), timeout=60) == [3.0, 6.0]
+    assert tensor.eq(0).all()

@@ -11,6 +11,7 @@ per_class.png          mean cross entropy of each class's held-out examples
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from crossent.classifier import model as saved_model
 from crossent.classifier.data import LabelledData, split, write_table
 from crossent.classifier.evaluate import Report, Scorecard, logistic_regression_reference
 from crossent.classifier.model import ModelCard, SoftmaxClassifier, standardisation
+from crossent.classifier.parallel import train_data_parallel
 from crossent.classifier.predictions import prediction_batch
 from crossent.classifier.train import EpochCallback, History, SGDOptions, Step, train
 
@@ -54,17 +56,24 @@ def fit(
     test_size: float = 0.25,
     bins: int = 10,
     reference: bool = True,
+    processes: int = 1,
     on_step: Step | None = None,
     on_epoch: EpochCallback | None = None,
 ) -> Run:
-    """Split, standardise on the training part, train, and score the held-out part."""
+    """Split, standardise on the training part, train, and score the held-out part.
+
+    With ``processes`` > 1 the training is data-parallel (:mod:`crossent.classifier.parallel`),
+    and gives the single process's model up to float rounding."""
     train_part, held_out = split(data, test_size, options.seed)
     mean, scale = standardisation(train_part.features)
     card = ModelCard(
         data.classes, data.feature_names, data.target, hidden, mean, scale, options=asdict(options)
     )
     model = SoftmaxClassifier(card, seed=options.seed)
-    history = train(
+    trainer: Any = train
+    if processes > 1:
+        trainer = functools.partial(train_data_parallel, processes=processes)
+    history = trainer(
         model,
         train_part.features,
         train_part.labels,
@@ -76,7 +85,13 @@ def fit(
     log_probs = model.log_probs(held_out.features)
     scorecard = Scorecard(data.classes, bins)
     scorecard.update(log_probs, held_out.labels)
-    settings = {**asdict(options), "hidden": hidden, "test_size": test_size, "bins": bins}
+    settings = {
+        **asdict(options),
+        "hidden": hidden,
+        "test_size": test_size,
+        "bins": bins,
+        "processes": processes,
+    }
     return Run(
         model,
         history,

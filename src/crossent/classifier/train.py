@@ -11,10 +11,11 @@ nats (the learning rate then means what it means in PyTorch) and reported in bit
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -63,19 +64,22 @@ class History:
 
 
 def objective_nats(
-    objective: Objective, logits: torch.Tensor, labels: torch.Tensor
+    objective: Objective,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    reduction: Literal["mean", "sum"] = "mean",
 ) -> torch.Tensor:
-    """The mean loss of a minibatch in nats, computed as the chosen measure.
+    """The mean (or summed) loss of a minibatch in nats, computed as the chosen measure.
 
     "nll" is the training loss of :mod:`crossent.torch` (−log p_y, gradient in one pass);
     "cross-entropy" and "kl" go through the information measures with one-hot targets.
     """
     if objective == "nll":
-        return cross_entropy_loss(logits, labels)
+        return cross_entropy_loss(logits, labels, reduction=reduction)
     measure = cross_entropy if objective == "cross-entropy" else kl_divergence
     one_hot = torch.nn.functional.one_hot(labels, logits.shape[-1]).to(logits.dtype)
     return measure(  # type: ignore[no-any-return]
-        target_probs=one_hot, pred_logits=logits, base=math.e, reduction="mean", validate=False
+        target_probs=one_hot, pred_logits=logits, base=math.e, reduction=reduction, validate=False
     )
 
 
@@ -98,8 +102,16 @@ def train(
     held_out: tuple[np.ndarray, np.ndarray] | None = None,
     on_step: Step | None = None,
     on_epoch: EpochCallback | None = None,
+    data_parallel: bool = False,
 ) -> History:
-    """Fit ``model`` in place by minibatch SGD, calling ``on_step`` after each step."""
+    """Fit ``model`` in place by minibatch SGD, calling ``on_step`` after each step.
+
+    With ``data_parallel`` (in a torch.distributed process group, see
+    :mod:`crossent.classifier.parallel`) every rank takes its own part of each minibatch,
+    through ``DistributedDataParallel``. The minibatch's NLL is then the sum of the parts'
+    sums (SEED.md §6), so every rank minimises Σ_parts / B, and the steps, the losses reported
+    and the trained weights are the single process's up to float rounding.
+    """
     torch.manual_seed(options.seed)
     x = torch.from_numpy(np.asarray(features, dtype=np.float32))
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
@@ -107,6 +119,8 @@ def train(
     steps_per_epoch = math.ceil(len(y) / options.batch_size)
     scheduler = _scheduler(optimiser, options, options.epochs * steps_per_epoch)
     order = torch.Generator().manual_seed(options.seed)
+    part = _Part.of_this_rank() if data_parallel else _Part()
+    network = part.wrap(model)
     history = History()
     for epoch in range(options.epochs):
         model.train()
@@ -114,14 +128,17 @@ def train(
         shuffled = torch.randperm(len(y), generator=order)
         batches = shuffled.split(options.batch_size)  # type: ignore[no-untyped-call]
         for step, batch in enumerate(batches):
-            loss = objective_nats(options.objective, model(x[batch]), y[batch])
+            mine = part.of(batch)
+            loss_sum = objective_nats(options.objective, network(x[mine]), y[mine], "sum")
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
+            # the batch mean; DistributedDataParallel averages the gradient over the ranks
+            (loss_sum * (part.ranks / len(batch))).backward()  # type: ignore[no-untyped-call]
             optimiser.step()
             scheduler.step()
-            total, seen = total + loss.item() * len(batch), seen + len(batch)
+            batch_sum = part.total(loss_sum.detach())
+            total, seen = total + batch_sum, seen + len(batch)
             if on_step is not None:
-                on_step(epoch, step, steps_per_epoch, loss.item() / math.log(2))
+                on_step(epoch, step, steps_per_epoch, batch_sum / len(batch) / math.log(2))
         model.eval()
         history.train_bits.append(total / seen / math.log(2))
         if held_out is not None:
@@ -129,6 +146,39 @@ def train(
         if on_epoch is not None:
             on_epoch(epoch, history)
     return history
+
+
+@dataclass(frozen=True)
+class _Part:
+    """This process's part of every minibatch: all of it, or rank r's of ``ranks`` parts."""
+
+    rank: int = 0
+    ranks: int = 1
+
+    @classmethod
+    def of_this_rank(cls) -> _Part:
+        return cls(torch.distributed.get_rank(), torch.distributed.get_world_size())
+
+    def wrap(self, model: SoftmaxClassifier) -> torch.nn.Module:
+        """The model, or its DistributedDataParallel replica (gradients summed over ranks)."""
+        if self.ranks == 1:
+            return model
+        # the standardisation buffers are constants: no broadcast before every forward
+        replica = torch.nn.parallel.DistributedDataParallel
+        newer = "forward_sync_buffers" in inspect.signature(replica).parameters  # torch ≥ 2.13
+        no_sync: dict[str, Any] = {"forward_sync_buffers" if newer else "broadcast_buffers": False}
+        return replica(model, **no_sync)
+
+    def of(self, batch: torch.Tensor) -> torch.Tensor:
+        """Rank r's contiguous part of ``batch``; parts differ by at most one example."""
+        return batch if self.ranks == 1 else batch.tensor_split(self.ranks)[self.rank]
+
+    def total(self, loss_sum: torch.Tensor) -> float:
+        """The sum of every rank's ``loss_sum``."""
+        if self.ranks > 1:
+            loss_sum = loss_sum.clone()
+            torch.distributed.all_reduce(loss_sum)
+        return float(loss_sum)
 
 
 def _optimiser(model: SoftmaxClassifier, options: SGDOptions) -> torch.optim.SGD:

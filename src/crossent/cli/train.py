@@ -16,6 +16,7 @@ from crossent.classifier.train import OBJECTIVES, SCHEDULES, History, SGDOptions
 from crossent.cli._report import print_report
 
 _DEFAULTS = SGDOptions()
+MAX_PROCESSES = 256
 
 
 def add_parser(commands: Any) -> None:
@@ -81,6 +82,14 @@ def add_parser(commands: Any) -> None:
         help="λ of the penalty (λ/2)‖W‖² on weights, not biases",
     )
     parser.add_argument("--epochs", type=int, default=_DEFAULTS.epochs)
+    parser.add_argument(
+        "--nproc",
+        type=_processes,
+        default=1,
+        metavar="N",
+        help="train data-parallel on N local processes (torch.distributed, gloo); the "
+        "losses and the model are those of one process up to float rounding (default 1)",
+    )
     parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
     parser.add_argument(
         "--bins",
@@ -118,6 +127,7 @@ def run(args: argparse.Namespace, console: Console) -> None:
     console.print(
         f"training on {data.source}: {len(data.labels):,} rows, "
         f"{len(data.feature_names)} features, {len(data.classes)} classes"
+        + (f", {args.nproc} processes" if args.nproc > 1 else "")
     )
     with _EpochBars(console, options.epochs) as bars:
         result = runs.fit(
@@ -127,6 +137,7 @@ def run(args: argparse.Namespace, console: Console) -> None:
             test_size=args.test_size,
             bins=args.bins,
             reference=not args.no_reference,
+            processes=args.nproc,
             on_step=bars.step,
             on_epoch=bars.epoch_done,
         )
@@ -154,6 +165,18 @@ def _default_folder(args: argparse.Namespace) -> Path:
     name = Path(args.data).stem if args.data else args.dataset
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{name}-{stamp}"
+
+
+def _processes(text: str) -> int:
+    try:
+        processes = int(text)
+    except ValueError:
+        processes = 0
+    if not 1 <= processes <= MAX_PROCESSES:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from 1 to {MAX_PROCESSES}; got {text!r}"
+        )
+    return processes
 
 
 def _widths(text: str) -> list[int]:

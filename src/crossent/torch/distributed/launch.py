@@ -9,12 +9,14 @@ what happened, with the worker's traceback; the parent never waits for ever. Wor
 
 Workers start from a fork server that has imported torch once, so starting four of them
 takes about 0.1 s instead of 3 s for fresh interpreters (``spawn`` where fork servers do not
-exist). ``fn`` and ``args`` travel by pickle: ``fn`` must be importable by name.
+exist). ``fn`` and ``args`` travel by pickle, so each worker has its own copy of every
+tensor; ``fn`` must be importable by name.
 """
 
 from __future__ import annotations
 
 import datetime
+import math
 import multiprocessing
 import os
 import pickle
@@ -30,7 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-DEFAULT_TIMEOUT = 600.0  # seconds for the whole run
+COLLECTIVE_TIMEOUT = 300.0  # seconds a rank waits on the others in any one collective
 _PRELOAD = ["crossent.torch.distributed"]  # with torch and torch._dynamo: 2.4 s, once
 _worker_queue: Any = None  # the parent's queue, in a worker
 _worker_rank = -1
@@ -45,7 +47,8 @@ def launch(
     processes: int,
     *,
     args: tuple[Any, ...] = (),
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float | None = None,
+    collective_timeout: float = COLLECTIVE_TIMEOUT,
     backend: str = "gloo",
     threads: int | None = None,
     on_message: Callable[[int, Any], None] | None = None,
@@ -55,8 +58,11 @@ def launch(
     Args:
         fn: a module-level function ``fn(rank, world, *args)``; its result must pickle.
         processes: the world size, ≥ 1.
-        timeout: seconds for the whole run, also the process group's timeout for any one
-            collective, after which every worker is stopped and :class:`WorkerError` raised.
+        timeout: seconds for the whole run, after which every worker is stopped and
+            :class:`WorkerError` raised; None: no limit.
+        collective_timeout: seconds a rank waits in one collective for the others (the
+            process group's timeout), after which it fails, and so the run; at most
+            ``timeout``.
         backend: the torch.distributed backend ("gloo" for CPUs, "nccl" for GPUs).
         threads: torch threads per worker; default the CPUs shared out, at least 1.
         on_message: called in the parent as ``on_message(rank, message)`` for every
@@ -64,17 +70,23 @@ def launch(
     """
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise ValueError(f"`processes` must be a whole number ≥ 1; got {processes!r}")
-    if not timeout > 0:
-        raise ValueError(f"`timeout` must be a number of seconds > 0; got {timeout!r}")
+    for name, seconds in (("timeout", timeout), ("collective_timeout", collective_timeout)):
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"`{name}` must be a number of seconds > 0; got {seconds!r}")
+    if timeout is not None:
+        collective_timeout = min(collective_timeout, timeout)
     threads = threads or max(1, (os.cpu_count() or 1) // processes)
     context = _context()
     messages = context.Queue()
+    # pickled here, so each worker unpickles its own copy: torch's multiprocessing pickler
+    # would put tensors in shared memory, and every rank would update the same parameters
+    call = pickle.dumps((fn, args))
     with tempfile.TemporaryDirectory(prefix="crossent-store-") as folder:
         store = str(Path(folder) / "store")
         workers = [
             context.Process(  # type: ignore[attr-defined]
                 target=_work,
-                args=(rank, processes, store, backend, timeout, threads, fn, args, messages),
+                args=(rank, processes, store, backend, collective_timeout, threads, call, messages),
                 name=f"crossent-rank-{rank}",
                 daemon=True,
             )
@@ -83,7 +95,7 @@ def launch(
         for worker in workers:
             worker.start()
         try:
-            results = _collect(workers, messages, time.monotonic() + timeout, timeout, on_message)
+            results = _collect(workers, messages, timeout, on_message)
         finally:
             _stop(workers)
     return [results[rank] for rank in range(processes)]
@@ -110,8 +122,7 @@ def _work(
     backend: str,
     timeout: float,
     threads: int,
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
+    call: bytes,
     messages: Any,
 ) -> None:
     """A worker: join the group, run ``fn``, send its result or the traceback of its error."""
@@ -126,6 +137,7 @@ def _work(
             world_size=world,
             timeout=datetime.timedelta(seconds=timeout),
         )
+        fn, args = pickle.loads(call)
         result = fn(rank, world, *args)
     except BaseException:
         messages.put(("error", rank, traceback.format_exc()))
@@ -140,13 +152,13 @@ def _work(
 def _collect(
     workers: list[Any],
     messages: Any,
-    deadline: float,
-    timeout: float,
+    timeout: float | None,
     on_message: Callable[[int, Any], None] | None,
 ) -> dict[int, Any]:
     """Every worker's result, passing on messages, until all are in or one fails."""
     results: dict[int, Any] = {}
     failures: dict[int, str] = {}  # rank → its traceback
+    deadline = math.inf if timeout is None else time.monotonic() + timeout
     while len(results) < len(workers) and not failures:
         left = deadline - time.monotonic()
         if left <= 0:

@@ -1,0 +1,86 @@
+"""Data-parallel training: the same SGD on several processes, each with part of every batch.
+
+:func:`train_data_parallel` starts ``processes`` workers with
+:func:`crossent.torch.distributed.launch` (gloo on the CPU). Each holds a replica of the model
+and trains it with :func:`crossent.classifier.train.train` on its own part of every minibatch
+of the same shuffled order; ``DistributedDataParallel`` sums the gradients, so all replicas
+take the single process's steps. Rank 0 reports progress and the held-out loss to this process
+and sends back the trained weights, which are loaded into ``model``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from crossent.classifier.model import SoftmaxClassifier
+from crossent.classifier.train import EpochCallback, History, SGDOptions, Step, train
+
+
+def train_data_parallel(
+    model: SoftmaxClassifier,
+    features: np.ndarray,
+    labels: np.ndarray,
+    options: SGDOptions,
+    *,
+    processes: int,
+    held_out: tuple[np.ndarray, np.ndarray] | None = None,
+    on_step: Step | None = None,
+    on_epoch: EpochCallback | None = None,
+    timeout: float | None = None,
+) -> History:
+    """:func:`~crossent.classifier.train.train` on ``processes`` processes; ``model`` is
+    fitted in place and the history is rank 0's, whose losses are those of whole batches.
+
+    ``timeout`` bounds the whole run in seconds (None: no bound); a rank that fails or waits
+    on the others for more than five minutes stops all of them with
+    :class:`crossent.torch.distributed.WorkerError`.
+    """
+    from crossent.torch.distributed import launch
+
+    def on_message(rank: int, message: tuple[Any, ...]) -> None:
+        kind, *payload = message
+        if kind == "step" and on_step is not None:
+            on_step(*payload)
+        elif kind == "epoch" and on_epoch is not None:
+            on_epoch(*payload)
+
+    wanted = (on_step is not None, on_epoch is not None)
+    results = launch(
+        _train_rank,
+        processes,
+        args=(model, features, labels, options, held_out, wanted),
+        timeout=timeout,
+        on_message=on_message,
+    )
+    state, history = results[0]
+    model.load_state_dict(state)
+    return history  # type: ignore[no-any-return]
+
+
+def _train_rank(
+    rank: int,
+    world: int,
+    model: SoftmaxClassifier,
+    features: np.ndarray,
+    labels: np.ndarray,
+    options: SGDOptions,
+    held_out: tuple[np.ndarray, np.ndarray] | None,
+    wanted: tuple[bool, bool],
+) -> tuple[dict[str, Any], History] | None:
+    """In a worker: train this rank's replica; rank 0 reports and returns the result."""
+    from crossent.torch.distributed import report
+
+    lead = rank == 0
+    history = train(
+        model,
+        features,
+        labels,
+        options,
+        held_out=held_out if lead else None,
+        on_step=(lambda *step: report(("step", *step))) if lead and wanted[0] else None,
+        on_epoch=(lambda *epoch: report(("epoch", *epoch))) if lead and wanted[1] else None,
+        data_parallel=True,
+    )
+    return (model.state_dict(), history) if lead else None
