@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check of crossent in one run, for a machine with an NVIDIA GPU: the tests of the
-# Triton kernels and the losses on the GPU, then the GPU benchmarks of both losses.
+# Triton kernels and the losses on the GPU, the vocabulary-parallel check on CUDA tensors,
+# then the GPU benchmarks of both losses.
 #
 #   OUT=folder bash benchmarks/device_check.sh     (from the repository root)
 #
@@ -39,6 +40,12 @@ run() {  # run LOG COMMAND...: the command's output into LOG, then shown; its st
 run "$OUT/tests.txt" python3 -m pytest -q -p no:cacheprovider \
     tests/test_triton_cross_entropy.py tests/test_triton_linear_cross_entropy.py \
     tests/test_torch_cross_entropy.py tests/test_torch_linear_cross_entropy.py
+# vocabulary-parallel losses on CUDA tensors: one rank through NCCL, two ranks sharing the
+# GPU through gloo (NCCL refuses two ranks on one device)
+run "$OUT/distributed_nccl.txt" python3 -m torch.distributed.run --standalone \
+    --nproc-per-node 1 -m crossent.torch.distributed.check --device cuda
+run "$OUT/distributed_gloo.txt" python3 -m torch.distributed.run --standalone \
+    --nproc-per-node 2 -m crossent.torch.distributed.check --device cuda --backend gloo
 for bench in cross_entropy linear_cross_entropy; do
     run "$OUT/bench_$bench.txt" python3 "benchmarks/bench_$bench.py" --device cuda
 done

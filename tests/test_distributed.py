@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -364,3 +366,14 @@ def test_each_worker_gets_its_own_copy_of_the_arguments() -> None:
     tensor = torch.zeros(3)
     assert launch(_add_rank, 2, args=(tensor,), timeout=60) == [3.0, 6.0]
     assert tensor.eq(0).all()
+
+
+def test_the_torchrun_check_of_the_docs_passes() -> None:
+    """docs/distributed.md's first command: torchrun, two ranks, the losses against one."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", "2", "-m", "crossent.torch.distributed.check"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 ranks (gloo, cpu)" in done.stdout
+    assert "16 bytes sent into all-reduces per row" in done.stdout
+    assert done.stdout.rstrip().endswith("OK")
