@@ -215,8 +215,7 @@ def _combine(
     if bool(empty.any()):
         e.masked_fill_(empty, 0.0)
         lse = lse.masked_fill(empty, -math.inf)
-    total, rescale, sums = shard.combine(lse, sums)
-    return total, rescale, sums
+    return shard.combine(lse, sums)
 
 
 def _index_target(

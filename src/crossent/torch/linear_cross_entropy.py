@@ -178,13 +178,19 @@ def _triton_tiles(hidden: torch.Tensor) -> bool:
 
 
 def _check_low_memory(target: torch.Tensor, options: Options) -> None:
-    if target.is_floating_point() or options.weight is not None or options.shard is not None:
+    given = [
+        name
+        for name, present in (
+            ("probability targets", target.is_floating_point()),
+            ("a class_weight", options.weight is not None),
+            ("a shard of the classes", options.shard is not None),
+        )
+        if present
+    ]
+    if given:
         raise ValueError(
             "`low_memory=True` takes class-index targets without `class_weight`, on one "
-            "process; got "
-            + ("probability targets" if target.is_floating_point() else "")
-            + ("a class_weight" if options.weight is not None else "")
-            + ("a shard of the classes" if options.shard is not None else "")
+            f"process; got {' and '.join(given)}"
         )
 
 
