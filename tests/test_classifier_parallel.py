@@ -20,6 +20,8 @@ from crossent.classifier.parallel import train_data_parallel
 from crossent.classifier.train import History, SGDOptions, train
 from crossent.cli import main
 
+pytestmark = pytest.mark.timeout(300)  # even if the launcher's own timeouts failed
+
 ROWS = 182  # batches of 30, then one of 2: with 4 processes, two ranks get no example of it
 
 

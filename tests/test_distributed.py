@@ -33,6 +33,8 @@ from crossent.torch.distributed import (
 )
 from tests.conftest import random_logits, random_probs
 
+pytestmark = pytest.mark.timeout(300)  # even if the launcher's own timeouts failed
+
 CUTS = {  # class boundaries of the ranks' slices: uneven, and one empty for 4 ranks
     (2, 11): [0, 6, 11],
     (4, 11): [0, 1, 5, 5, 11],
@@ -250,6 +252,25 @@ def test_communication_is_a_few_numbers_per_row_whatever_the_classes() -> None:
         assert plain == 12.0  # max, then Σ exp and x_y: 3 float32 per row
         assert smoothed == 16.0  # and Σ_j x_j
     # gathering the logits instead would move (P − 1)/P · C · 4 = 8192 bytes per row
+
+
+def _in_pairs(rank: int, world: int) -> tuple[float, float]:
+    """Four ranks as two groups of two, each group splitting its own logits' classes."""
+    groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]  # every rank makes every group
+    pair = rank // 2
+    generator = torch.Generator().manual_seed(pair)
+    logits = torch.randn(9, 7, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 7, (9,), generator=generator)
+    lo, hi = [(0, 3), (3, 7)][rank % 2]
+    loss = vocab_parallel_cross_entropy(logits[:, lo:hi], labels, group=groups[pair])
+    return float(loss), float(cross_entropy(logits, labels))
+
+
+def test_a_group_splits_the_classes_among_its_own_ranks() -> None:
+    results = launch(_in_pairs, 4, timeout=120)
+    assert results[0][1] != results[2][1]  # the two groups had different logits
+    for split, whole in results:
+        assert split == pytest.approx(whole, rel=1e-12)
 
 
 def test_ranks_with_different_rows_are_refused_naming_them() -> None:
