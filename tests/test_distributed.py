@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from crossent.torch import cross_entropy, linear_cross_entropy
+from crossent.torch import _cpu, cross_entropy, linear_cross_entropy
 from crossent.torch.distributed import (
     WorkerError,
     launch,
@@ -174,8 +174,11 @@ def run_case(
     return values, grads
 
 
-def _rank_results(rank: int, world: int, cases: list[Case]) -> list[Any]:
-    """In a worker: every case on this rank's slice of the classes."""
+def _rank_results(rank: int, world: int, cases: list[Case], tiny_chunks: bool) -> list[Any]:
+    """In a worker: every case on this rank's slice of the classes; with ``tiny_chunks``,
+    chunks of a few rows combined in groups of a few chunks."""
+    if tiny_chunks:
+        _cpu.CHUNK_ELEMENTS, _cpu.GROUP_BYTES = 24, 3 * 24 * 8  # 2–24 rows, 3 chunks a group
     results = []
     for case in cases:
         cuts = CUTS[(world, case.classes)]
@@ -186,10 +189,14 @@ def _rank_results(rank: int, world: int, cases: list[Case]) -> list[Any]:
 ALL_CASES = logits_cases() + linear_cases()
 
 
-@pytest.fixture(scope="module", params=[2, 4], ids=lambda n: f"{n}-processes")
+@pytest.fixture(
+    scope="module",
+    params=[(2, False), (4, False), (2, True)],
+    ids=["2-processes", "4-processes", "2-processes-tiny-chunks"],
+)
 def world_results(request: pytest.FixtureRequest) -> tuple[int, list[Any]]:
-    world = request.param
-    return world, launch(_rank_results, world, args=(ALL_CASES,), timeout=300)
+    world, tiny_chunks = request.param
+    return world, launch(_rank_results, world, args=(ALL_CASES, tiny_chunks), timeout=300)
 
 
 @pytest.mark.parametrize("number", range(len(ALL_CASES)), ids=[c.name for c in ALL_CASES])
@@ -225,9 +232,10 @@ def test_ignored_rows_have_zero_loss_and_gradient_on_every_rank(world_results) -
         assert torch.isfinite(grad[20]).all()
 
 
-def _bytes_per_row(rank: int, world: int, rows: int, classes: int) -> tuple[float, float]:
-    """In a worker: bytes this rank sends into all-reduces per row, for index targets with and
-    without label smoothing (float32 logits of ``classes`` classes split evenly)."""
+def _bytes_per_row(rank: int, world: int, rows: int, classes: int) -> list[tuple[float, int]]:
+    """In a worker: bytes this rank sends into all-reduces per row, and how many all-reduces,
+    for index targets without and with label smoothing (float32 logits of ``classes`` classes
+    split evenly)."""
     counted = []
     all_reduce = dist.all_reduce
 
@@ -242,15 +250,17 @@ def _bytes_per_row(rank: int, world: int, rows: int, classes: int) -> tuple[floa
     for smoothing in (0.0, 0.1):
         counted.clear()
         vocab_parallel_cross_entropy(logits, labels, label_smoothing=smoothing).backward()
-        per_row.append(sum(counted) / rows)
-    return per_row[0], per_row[1]
+        per_row.append((sum(counted) / rows, len(counted)))
+    return per_row
 
 
-def test_communication_is_a_few_numbers_per_row_whatever_the_classes() -> None:
-    results = launch(_bytes_per_row, 2, args=(64, 4096), timeout=120)
+def test_communication_is_a_few_numbers_per_row_in_two_all_reduces() -> None:
+    """1024 rows of 4096 classes are four chunks, combined at once: latency, not bytes, is
+    what each all-reduce costs."""
+    results = launch(_bytes_per_row, 2, args=(1024, 4096), timeout=120)
     for plain, smoothed in results:
-        assert plain == 12.0  # max, then Σ exp and x_y: 3 float32 per row
-        assert smoothed == 16.0  # and Σ_j x_j
+        assert plain == (12.0, 2)  # max, then Σ exp and x_y: 3 float32 per row
+        assert smoothed == (16.0, 2)  # and Σ_j x_j
     # gathering the logits instead would move (P − 1)/P · C · 4 = 8192 bytes per row
 
 

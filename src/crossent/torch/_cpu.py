@@ -29,15 +29,20 @@ local softmax is rescaled by exp(lse_local − lse) into the global one.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 
 CHUNK_ELEMENTS = 1 << 20  # numbers per chunk and thread: 4 MB of float32
+CHUNK_ELEMENTS_ELSEWHERE = 1 << 26  # on a GPU (sharded, or without Triton): fewer launches
+GROUP_BYTES = 64 << 20  # on a shard: state held by the chunks that are combined at once
+GROUP_BYTES_ELSEWHERE = 1 << 30
 Sums = tuple[torch.Tensor, ...]  # (r, 1) each: sums over a row's classes that the loss needs
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 
 
 class Shard(Protocol):
@@ -102,12 +107,15 @@ def loss_and_grad(
     """
     rows, classes = logits.shape
     compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    losses = torch.empty(rows, dtype=compute, device=logits.device)
     weight = None if options.weight is None else options.weight.to(logits.device, compute)
-    shard = options.shard
-    step = max(1, CHUNK_ELEMENTS // max(classes if shard is None else shard.widest, 1))
+    if options.shard is not None:
+        losses, row_lse = _sharded(logits, target, options, weight, grad_scale, grad, compute)
+        if lse is not None:
+            lse.copy_(row_lse)
+        return losses
+    losses = torch.empty(rows, dtype=compute, device=logits.device)
+    step = _chunk_rows(classes, logits.device)
 
-    @torch.no_grad()  # grad mode is per thread: worker threads must not record a graph
     def run(start: int) -> None:
         stop = min(rows, start + step)
         out = None if grad is None else grad[start:stop]
@@ -118,26 +126,52 @@ def loss_and_grad(
         if lse is not None:
             lse[start:stop] = row_lse
 
-    starts = range(0, rows, step)
+    on_threads(run, range(0, rows, step), logits.device)
+    return losses
+
+
+def on_threads(
+    work: Callable[[_Item], _Result], items: Sequence[_Item], device: torch.device
+) -> list[_Result]:
+    """``[work(item) for item in items]`` without autograd; on the CPU one item per thread of
+    a pool, each torch op single-threaded.
+
+    Threads rather than torch's own parallelism: OpenMP's barrier after every op costs 10×
+    when another process holds a core (torch ops release the GIL, so threads overlap). A
+    single item runs on one thread too: even a 32 × 10 softmax waited milliseconds at
+    OpenMP's barrier while another process was busy.
+    """
     threads = torch.get_num_threads()
-    if logits.device.type != "cpu" or threads == 1 or shard is not None:
-        for start in starts:  # a shard combines each chunk with the others: in order
-            run(start)
-        return losses
-    # One chunk per thread, each op single-threaded: no OpenMP barrier per op, which costs
-    # 10× when another process holds a core (torch ops release the GIL, so threads overlap).
-    # A single chunk runs on one thread too: even a 32 × 10 softmax waited milliseconds at
-    # OpenMP's barrier while another process was busy.
+    if device.type != "cpu" or threads == 1:
+        with torch.no_grad():
+            return [work(item) for item in items]
     torch.set_num_threads(1)
     try:
-        if len(starts) == 1:
-            run(0)
-        else:
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(run, starts))
+        if len(items) == 1:
+            with torch.no_grad():
+                return [work(items[0])]
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(_without_grad(work), items))
     finally:
         torch.set_num_threads(threads)
-    return losses
+
+
+def _without_grad(work: Callable[[_Item], _Result]) -> Callable[[_Item], _Result]:
+    """``work`` with autograd off: grad mode is per thread, and a pool's threads must not
+    record a graph."""
+
+    def run(item: _Item) -> _Result:
+        with torch.no_grad():
+            return work(item)
+
+    return run
+
+
+def _chunk_rows(classes: int, device: torch.device) -> int:
+    """Rows per chunk: :data:`CHUNK_ELEMENTS` numbers on the CPU (the last-level cache),
+    :data:`CHUNK_ELEMENTS_ELSEWHERE` on a GPU (each op is a kernel launch); at least one row."""
+    elements = CHUNK_ELEMENTS if device.type == "cpu" else CHUNK_ELEMENTS_ELSEWHERE
+    return max(1, elements // max(classes, 1))
 
 
 def rows_of(scale: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
@@ -157,6 +191,16 @@ class _Target:
     subtract: Callable[[torch.Tensor, torch.Tensor], object]  # (gradient, row factor (r, 1))
 
 
+@dataclass
+class _Softmax:
+    """A chunk after its softmax: what the loss and the gradient still need."""
+
+    part: _Target
+    e: torch.Tensor | None  # p = softmax(x) (local on a shard), None when no gradient is asked
+    lse: torch.Tensor  # (r, 1) log-sum-exp (of this slice on a shard)
+    capped: torch.Tensor | None  # tanh(x_raw / s) with soft-capping
+
+
 def _chunk(
     x_in: torch.Tensor,
     target: torch.Tensor,
@@ -167,6 +211,21 @@ def _chunk(
     compute: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The chunk's row losses and log-sum-exps; its gradient into ``out`` if given."""
+    chunk = _softmax(x_in, target, options, weight, out, compute)
+    loss = _finish(chunk, chunk.lse, chunk.part.sums, None, options, scale, out, compute)
+    return loss, chunk.lse[:, 0]
+
+
+def _softmax(
+    x_in: torch.Tensor,
+    target: torch.Tensor,
+    options: Options,
+    weight: torch.Tensor | None,
+    out: torch.Tensor | None,
+    compute: torch.dtype,
+) -> _Softmax:
+    """The first half of a chunk: its targets' sums, its softmax (into ``out`` where the
+    dtypes allow) and its log-sum-exp."""
     x = x_in.to(compute)  # the same memory when the dtype is already right
     capped = None
     if options.softcap is not None:
@@ -180,42 +239,123 @@ def _chunk(
     e = torch.softmax(x, dim=1, out=out) if writable else torch.softmax(x, dim=1)
     # lse = m − log max_j p_j: the largest p is at least 1 / C, so its log never underflows
     lse = m - _row_max(e).log()
-    sums, rescale = part.sums, None
-    if options.shard is not None:
-        lse, rescale, sums = _combine(options.shard, e, m, lse, sums)
+    if options.shard is not None:  # a slice of −inf logits: no local softmax (torch's is NaN)
+        empty = m == -math.inf
+        if bool(empty.any()):
+            e.masked_fill_(empty, 0.0)
+            lse = lse.masked_fill(empty, -math.inf)
+    return _Softmax(part, None if out is None else e, lse, capped)
+
+
+def _finish(
+    chunk: _Softmax,
+    lse: torch.Tensor,
+    sums: Sums,
+    rescale: torch.Tensor | None,
+    options: Options,
+    scale: torch.Tensor | None,
+    out: torch.Tensor | None,
+    compute: torch.dtype,
+) -> torch.Tensor:
+    """The second half: the row losses from the log-sum-exp and sums of all classes, and the
+    gradient into ``out``; ``rescale`` = exp(lse_local − lse) turns a shard's softmax into
+    the softmax over all classes."""
+    part, e = chunk.part, chunk.e
     loss = part.loss_at(lse, sums)
     coef = part.coef(sums)
     if options.z_loss:
         loss = loss + options.z_loss * lse[:, 0] ** 2
         coef = coef + 2 * options.z_loss * lse
     loss = torch.where(part.keep, loss, 0.0)
-    if out is None:
-        return loss, lse[:, 0]
+    if out is None or e is None:
+        return loss
     factor = part.keep.to(compute)[:, None]
     if scale is not None:
         factor = factor * scale.to(compute).reshape(-1, 1)  # one factor, or one per row
     e.mul_(coef * factor if rescale is None else coef * factor * rescale)  # p_j · coef, scaled
     part.subtract(e, factor)
-    if capped is not None:
-        e.mul_(1 - capped * capped)
+    if chunk.capped is not None:
+        e.mul_(1 - chunk.capped * chunk.capped)
     if not bool(part.keep.all()):
         e.masked_fill_(~part.keep[:, None], 0.0)  # also clears a NaN row of all −inf logits
     if e is not out:
         out.copy_(e)
-    return loss, lse[:, 0]
+    return loss
 
 
-def _combine(
-    shard: Shard, e: torch.Tensor, m: torch.Tensor, lse: torch.Tensor, sums: Sums
-) -> tuple[torch.Tensor, torch.Tensor, Sums]:
-    """The shard's global log-sum-exp and sums, and the factor exp(lse_local − lse) that turns
-    the local softmax ``e`` into the global one. A slice of −inf logits has no local softmax
-    (torch's is NaN): its probabilities are 0 and its local log-sum-exp −inf."""
-    empty = m == -math.inf
-    if bool(empty.any()):
-        e.masked_fill_(empty, 0.0)
-        lse = lse.masked_fill(empty, -math.inf)
-    return shard.combine(lse, sums)
+def _sharded(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    options: Options,
+    weight: torch.Tensor | None,
+    grad_scale: torch.Tensor | None,
+    grad: torch.Tensor | None,
+    compute: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row losses and log-sum-exps of a shard's logits, combined with the other shards'.
+
+    Chunks of rows take their softmax one after another; a group of chunks is then combined
+    with the other shards at once (one MAX and one SUM all-reduce, whose latency dwarfs a few
+    numbers per row) and finished. A group is every row, unless the chunks keep
+    chunk-sized state until they are finished (probability targets, soft-capping, a gradient
+    of another dtype or written over the logits): then as many chunks as hold
+    :data:`GROUP_BYTES` of it. Group and chunk
+    sizes depend only on what every shard knows alike, so all shards meet at the same
+    collectives.
+    """
+    assert options.shard is not None
+    shard, rows = options.shard, logits.shape[0]
+    step = _chunk_rows(shard.widest, logits.device)
+    apart = grad is not None and (grad.dtype != compute or grad.data_ptr() == logits.data_ptr())
+    held = sum((target.is_floating_point(), options.softcap is not None, apart))
+    per_row = held * shard.widest * torch.finfo(compute).bits // 8
+    budget = GROUP_BYTES if logits.device.type == "cpu" else GROUP_BYTES_ELSEWHERE
+    group = max(rows, 1) if not per_row else max(1, budget // (per_row * step)) * step
+    losses = torch.empty(rows, dtype=compute, device=logits.device)
+    lse = torch.empty(rows, dtype=compute, device=logits.device)
+    for first in range(0, rows, group):
+        rows_of_group = slice(first, min(rows, first + group))
+        losses[rows_of_group], lse[rows_of_group] = _group(
+            logits, target, options, weight, grad_scale, grad, compute,
+            [slice(a, min(rows, a + step)) for a in range(first, rows_of_group.stop, step)],
+        )  # fmt: skip
+    return losses, lse
+
+
+def _group(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    options: Options,
+    weight: torch.Tensor | None,
+    grad_scale: torch.Tensor | None,
+    grad: torch.Tensor | None,
+    compute: torch.dtype,
+    spans: list[slice],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One group of a shard's chunks (``spans``, consecutive rows): softmax, one combination
+    with the other shards, then losses and gradients. Returns the group's losses and lse."""
+    assert options.shard is not None
+    gradient = (lambda at: None) if grad is None else (lambda at: grad[at])
+    chunks = on_threads(
+        lambda at: _softmax(logits[at], target[at], options, weight, gradient(at), compute),
+        spans,
+        logits.device,
+    )
+    local = torch.cat([chunk.lse for chunk in chunks])
+    columns = zip(*(chunk.part.sums for chunk in chunks), strict=True)
+    total, rescale, sums = options.shard.combine(local, tuple(torch.cat(c) for c in columns))
+    first = spans[0].start
+
+    def finish(span: tuple[slice, _Softmax]) -> torch.Tensor:
+        at, chunk = span
+        mine = slice(at.start - first, at.stop - first)  # in the group's rows
+        return _finish(
+            chunk, total[mine], tuple(t[mine] for t in sums), rescale[mine], options,
+            rows_of(grad_scale, at.start, at.stop), gradient(at), compute,
+        )  # fmt: skip
+
+    losses = on_threads(finish, list(zip(spans, chunks, strict=True)), logits.device)
+    return torch.cat(losses), total[:, 0]
 
 
 def _index_target(
