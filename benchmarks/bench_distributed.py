@@ -11,7 +11,7 @@ What is measured
 
            single      crossent.torch.cross_entropy of the full N × C logits (P = 1 only)
            crossent    crossent.torch.distributed.vocab_parallel_cross_entropy of the slice:
-                       one MAX and one SUM all-reduce per chunk of rows, 3 numbers per row
+                       one MAX and one SUM all-reduce per call, 3 numbers per row
            all-gather  the naive baseline: all_gather the slices on every rank, concatenate,
                        crossent.torch.cross_entropy of the full logits on every rank, keep this
                        rank's slice of the gradient (a contiguous copy, as a model would need)
@@ -29,7 +29,7 @@ What is measured
        gets back from the other ranks. crossent's 16-byte all_gather per call (every rank's
        slice width and row count) shows as 16 / N bytes per row.
 
-       "one all-reduce alone" is the latency of the all-reduce of one chunk's (Σexp, x_y),
+       "one all-reduce alone" is the latency of the all-reduce of all rows' (Σexp, x_y),
        timed 100 times in a row after the crossent calls, mean over ranks.
 
        Checked: crossent's loss equals the all-gather baseline's on the same slices (rtol
@@ -196,9 +196,8 @@ def _loss_rank(
         if round_ >= warmup:
             out["times"].append(seconds)
             out["comm"].append(collectives.seconds)
-    if method == "crossent":  # one all-reduce of a chunk's (Σexp, x_y), alone: its latency
-        chunk = max(1, (1 << 20) // (cuts[1] - cuts[0]))
-        sums = torch.zeros(chunk, 2)
+    if method == "crossent":  # the all-reduce of every row's (Σexp, x_y), alone: its latency
+        sums = torch.zeros(rows, 2)
         for _ in range(10):
             dist.all_reduce(sums)
         dist.barrier()

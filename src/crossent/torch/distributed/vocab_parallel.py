@@ -2,8 +2,9 @@
 
 With P processes, rank r holds the logits of classes s_r : s_r + C_r of every row (and, for the
 linear form, the matching rows of the head's weight and bias). The loss needs only three kinds
-of row statistics over all classes, which the ranks combine with two all-reduces per chunk of
-rows (Megatron-LM's scheme, extended to every option of the loss):
+of row statistics over all classes, which the ranks combine with two all-reduces for a whole
+group of rows — every row, unless the chunks of the pass must keep chunk-sized state until
+then (Megatron-LM's scheme, extended to every option of the loss):
 
     M = max_r lse_r                               all-reduce MAX, 1 number per row
     S = Σ_r exp(lse_r − M),  Σ_r x_y,  (Σ_r Σ_j w_j x_j | Σ_r V_r, Σ_r Σ_j v_j x_j)
@@ -38,8 +39,8 @@ _Function = TypeVar("_Function", bound=Callable[..., Any])
 
 
 def _not_compiled(function: _Function) -> _Function:
-    """Run ``function`` eagerly under torch.compile: it talks to the other ranks between
-    chunks, which is no graph to compile."""
+    """Run ``function`` eagerly under torch.compile: it talks to the other ranks in the
+    middle of its pass, which is no graph to compile."""
     return cast(_Function, torch.compiler.disable(function))  # type: ignore[no-untyped-call]
 
 
