@@ -33,6 +33,7 @@ import contextlib
 import ctypes
 import gc
 import json
+import math
 import re
 import resource
 import statistics
@@ -95,6 +96,7 @@ class Timed:
     times: list[float]  # seconds of each timed call
     extra_bytes: float  # peak memory during the timed calls above the memory held before them
     last: Any  # the last call's (argument, result), to check the answer
+    first: float = math.nan  # seconds of the process's first call: warm-up, compilation, faults
 
 
 def time_calls(
@@ -104,11 +106,17 @@ def time_calls(
     repeat: int,
     warmup: int = 2,
 ) -> Timed:
-    """``warmup`` untimed calls ``call(prepare())``, then ``repeat`` timed ones under
-    ``PeakMemory``; nothing of one call is alive during the next."""
-    for _ in range(warmup):
-        call(prepare())
+    """``warmup`` calls ``call(prepare())`` (the first one timed on its own), then ``repeat``
+    timed ones under ``PeakMemory``; nothing of one call is alive during the next."""
+    first = math.nan
+    for index in range(warmup):
+        argument = prepare()
         synchronize(device)
+        start = time.perf_counter()
+        call(argument)
+        synchronize(device)
+        first = time.perf_counter() - start if index == 0 else first
+        del argument  # with its gradient: the baseline below must not hold a call's memory
     times, last = [], None
     with PeakMemory(device) as memory:
         for _ in range(repeat):
@@ -120,7 +128,7 @@ def time_calls(
             synchronize(device)
             times.append(time.perf_counter() - start)
             last = (argument, result)
-    return Timed(times, memory.extra_bytes, last)
+    return Timed(times, memory.extra_bytes, last, first)
 
 
 def percentiles(times: list[float]) -> tuple[float, float, float]:
