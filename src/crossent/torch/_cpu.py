@@ -294,68 +294,53 @@ def _sharded(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Row losses and log-sum-exps of a shard's logits, combined with the other shards'.
 
-    Chunks of rows take their softmax one after another; a group of chunks is then combined
-    with the other shards at once (one MAX and one SUM all-reduce, whose latency dwarfs a few
-    numbers per row) and finished. A group is every row, unless the chunks keep
-    chunk-sized state until they are finished (probability targets, soft-capping, a gradient
-    of another dtype or written over the logits): then as many chunks as hold
-    :data:`GROUP_BYTES` of it. Group and chunk
-    sizes depend only on what every shard knows alike, so all shards meet at the same
-    collectives.
+    The rows are taken a group of chunks at a time: the softmax of each chunk (on the thread
+    pool), one combination of the whole group with the other shards (one MAX and one SUM
+    all-reduce, whose latency dwarfs a few numbers per row), then each chunk's losses and
+    gradient. A group is every row, unless the chunks keep chunk-sized state until they are
+    finished (probability targets, soft-capping, a gradient of another dtype or written over
+    the logits): then as many chunks as hold :data:`GROUP_BYTES` of it. Group and chunk sizes
+    depend only on what every shard knows alike, so all shards meet at the same collectives.
     """
-    assert options.shard is not None
     shard, rows = options.shard, logits.shape[0]
+    assert shard is not None
     step = _chunk_rows(shard.widest, logits.device)
     apart = grad is not None and (grad.dtype != compute or grad.data_ptr() == logits.data_ptr())
     held = sum((target.is_floating_point(), options.softcap is not None, apart))
     per_row = held * shard.widest * torch.finfo(compute).bits // 8
     budget = GROUP_BYTES if logits.device.type == "cpu" else GROUP_BYTES_ELSEWHERE
     group = max(rows, 1) if not per_row else max(1, budget // (per_row * step)) * step
+    gradient = (lambda at: None) if grad is None else (lambda at: grad[at])
+
+    def softmax(at: slice) -> _Softmax:
+        return _softmax(logits[at], target[at], options, weight, gradient(at), compute)
+
+    def combined(spans: list[slice]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One group of consecutive chunks: its losses and log-sum-exps."""
+        chunks = on_threads(softmax, spans, logits.device)
+        local = torch.cat([chunk.lse for chunk in chunks])
+        columns = zip(*(chunk.part.sums for chunk in chunks), strict=True)
+        total, rescale, sums = shard.combine(local, tuple(torch.cat(c) for c in columns))
+        first = spans[0].start
+
+        def finish(span: tuple[slice, _Softmax]) -> torch.Tensor:
+            at, chunk = span
+            mine = slice(at.start - first, at.stop - first)  # in the group's rows
+            return _finish(
+                chunk, total[mine], tuple(t[mine] for t in sums), rescale[mine], options,
+                rows_of(grad_scale, at.start, at.stop), gradient(at), compute,
+            )  # fmt: skip
+
+        losses = on_threads(finish, list(zip(spans, chunks, strict=True)), logits.device)
+        return torch.cat(losses), total[:, 0]
+
     losses = torch.empty(rows, dtype=compute, device=logits.device)
     lse = torch.empty(rows, dtype=compute, device=logits.device)
     for first in range(0, rows, group):
-        rows_of_group = slice(first, min(rows, first + group))
-        losses[rows_of_group], lse[rows_of_group] = _group(
-            logits, target, options, weight, grad_scale, grad, compute,
-            [slice(a, min(rows, a + step)) for a in range(first, rows_of_group.stop, step)],
-        )  # fmt: skip
+        these = slice(first, min(rows, first + group))
+        spans = [slice(a, min(rows, a + step)) for a in range(first, these.stop, step)]
+        losses[these], lse[these] = combined(spans)
     return losses, lse
-
-
-def _group(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    options: Options,
-    weight: torch.Tensor | None,
-    grad_scale: torch.Tensor | None,
-    grad: torch.Tensor | None,
-    compute: torch.dtype,
-    spans: list[slice],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One group of a shard's chunks (``spans``, consecutive rows): softmax, one combination
-    with the other shards, then losses and gradients. Returns the group's losses and lse."""
-    assert options.shard is not None
-    gradient = (lambda at: None) if grad is None else (lambda at: grad[at])
-    chunks = on_threads(
-        lambda at: _softmax(logits[at], target[at], options, weight, gradient(at), compute),
-        spans,
-        logits.device,
-    )
-    local = torch.cat([chunk.lse for chunk in chunks])
-    columns = zip(*(chunk.part.sums for chunk in chunks), strict=True)
-    total, rescale, sums = options.shard.combine(local, tuple(torch.cat(c) for c in columns))
-    first = spans[0].start
-
-    def finish(span: tuple[slice, _Softmax]) -> torch.Tensor:
-        at, chunk = span
-        mine = slice(at.start - first, at.stop - first)  # in the group's rows
-        return _finish(
-            chunk, total[mine], tuple(t[mine] for t in sums), rescale[mine], options,
-            rows_of(grad_scale, at.start, at.stop), gradient(at), compute,
-        )  # fmt: skip
-
-    losses = on_threads(finish, list(zip(spans, chunks, strict=True)), logits.device)
-    return torch.cat(losses), total[:, 0]
 
 
 def _index_target(
