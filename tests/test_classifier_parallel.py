@@ -8,6 +8,8 @@ on the same data and seed, up to float rounding (the sums are added in another o
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +84,32 @@ def test_nproc_must_be_a_sensible_count(capsys: pytest.CaptureFixture[str], valu
     with pytest.raises(SystemExit):
         main(["train", "--nproc", value])
     assert f"must be a whole number from 1 to 256; got {value!r}" in capsys.readouterr().err
+
+
+def test_under_torchrun_each_rank_trains_and_rank_0_writes_the_same_run(tmp_path: Path) -> None:
+    """`torchrun --nproc-per-node 2 -m crossent train`: the processes exist already."""
+    quick = ["--epochs", "3", "--no-reference", "--dataset", "iris"]
+    assert main(["train", *quick, "--out", str(tmp_path / "one")]) == 0
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", "2", "-m", "crossent", "train", *quick]
+    command += ["--out", str(tmp_path / "two")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "rank 0 of 2" in done.stdout
+    assert done.stdout.count("run folder:") == 1  # rank 1 says nothing
+    one, two = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("one", "two"))
+    np.testing.assert_allclose(
+        two["training"]["train_bits"], one["training"]["train_bits"], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        two["held_out"]["total_nll_bits"], one["held_out"]["total_nll_bits"], rtol=1e-5
+    )
+
+
+def test_nproc_under_torchrun_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["train", "--nproc", "2"]) == 2
+    assert "under torchrun leave it out" in capsys.readouterr().err

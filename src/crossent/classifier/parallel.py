@@ -6,10 +6,15 @@ and trains it with :func:`crossent.classifier.train.train` on its own part of ev
 of the same shuffled order; ``DistributedDataParallel`` sums the gradients, so all replicas
 take the single process's steps. Rank 0 reports progress and the held-out loss to this process
 and sends back the trained weights, which are loaded into ``model``.
+
+Under torchrun (``torchrun --nproc-per-node N -m crossent train ...``) the processes exist
+already: :func:`torchrun_rank` tells ``crossent train`` which one it is, and each trains with
+``train(..., data_parallel=True)`` in its own process.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -84,3 +89,11 @@ def _train_rank(
         data_parallel=True,
     )
     return (model.state_dict(), history) if lead else None
+
+
+def torchrun_rank() -> int | None:
+    """This process's rank when torchrun (or another launcher that sets ``RANK`` and
+    ``WORLD_SIZE``) started several processes; None otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return int(os.environ["RANK"])

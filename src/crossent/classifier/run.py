@@ -57,20 +57,23 @@ def fit(
     bins: int = 10,
     reference: bool = True,
     processes: int = 1,
+    data_parallel: bool = False,
     on_step: Step | None = None,
     on_epoch: EpochCallback | None = None,
 ) -> Run:
     """Split, standardise on the training part, train, and score the held-out part.
 
     With ``processes`` > 1 the training is data-parallel (:mod:`crossent.classifier.parallel`),
-    and gives the single process's model up to float rounding."""
+    and gives the single process's model up to float rounding; with ``data_parallel`` this
+    process is one rank of a process group that already exists (under torchrun), and every
+    rank calls ``fit`` alike."""
     train_part, held_out = split(data, test_size, options.seed)
     mean, scale = standardisation(train_part.features)
     card = ModelCard(
         data.classes, data.feature_names, data.target, hidden, mean, scale, options=asdict(options)
     )
     model = SoftmaxClassifier(card, seed=options.seed)
-    trainer: Any = train
+    trainer: Any = functools.partial(train, data_parallel=data_parallel)
     if processes > 1:
         trainer = functools.partial(train_data_parallel, processes=processes)
     history = trainer(

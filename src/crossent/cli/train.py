@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from crossent.classifier import run as runs
 from crossent.classifier.data import BUNDLED, LabelledData, bundled, labelled, read_table
+from crossent.classifier.parallel import torchrun_rank
 from crossent.classifier.train import OBJECTIVES, SCHEDULES, History, SGDOptions
 from crossent.cli._report import print_report
 
 _DEFAULTS = SGDOptions()
 MAX_PROCESSES = 256
+COLLECTIVE_TIMEOUT = 300  # seconds a torchrun rank waits for the others in one collective
 
 
 def add_parser(commands: Any) -> None:
@@ -110,6 +113,28 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> None:
+    rank = torchrun_rank()
+    if rank is None:
+        _train(args, console, rank)
+        return
+    if args.nproc > 1:
+        raise ValueError(
+            "`--nproc` starts processes of its own; under torchrun leave it out "
+            "(torchrun's --nproc-per-node sets how many)"
+        )
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT))
+    try:
+        _train(args, console if rank == 0 else Console(quiet=True), rank)
+    finally:
+        dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, console: Console, rank: int | None) -> None:
+    """Train and write the run; as one rank of torchrun's processes when ``rank`` is set,
+    where rank 0 alone writes the run folder and reports."""
+    lead = rank in (None, 0)
     data = _load(args)
     options = SGDOptions(
         learning_rate=args.lr,
@@ -122,12 +147,13 @@ def run(args: argparse.Namespace, console: Console) -> None:
         seed=args.seed,
     )
     folder = args.out or _default_folder(args)
-    if folder.exists() and not args.force:
+    if lead and folder.exists() and not args.force:
         raise ValueError(f"{str(folder)!r} already exists; choose another --out or pass --force")
     console.print(
         f"training on {data.source}: {len(data.labels):,} rows, "
         f"{len(data.feature_names)} features, {len(data.classes)} classes"
         + (f", {args.nproc} processes" if args.nproc > 1 else "")
+        + (f", rank 0 of {os.environ['WORLD_SIZE']} (torchrun)" if rank is not None else "")
     )
     with _EpochBars(console, options.epochs) as bars:
         result = runs.fit(
@@ -136,11 +162,14 @@ def run(args: argparse.Namespace, console: Console) -> None:
             hidden=args.hidden,
             test_size=args.test_size,
             bins=args.bins,
-            reference=not args.no_reference,
+            reference=not args.no_reference and lead,
             processes=args.nproc,
+            data_parallel=rank is not None,
             on_step=bars.step,
             on_epoch=bars.epoch_done,
         )
+    if not lead:
+        return
     runs.write(result, folder, replace=args.force)
     print_report(console, result.report, f"held-out split ({len(result.held_out.labels):,} rows)")
     if result.reference is not None:
