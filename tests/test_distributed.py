@@ -191,8 +191,8 @@ ALL_CASES = logits_cases() + linear_cases()
 
 @pytest.fixture(
     scope="module",
-    params=[(2, False), (4, False), (2, True)],
-    ids=["2-processes", "4-processes", "2-processes-tiny-chunks"],
+    params=[(2, False), (4, False), (2, True), (4, True)],
+    ids=["2-processes", "4-processes", "2-processes-tiny-chunks", "4-processes-tiny-chunks"],
 )
 def world_results(request: pytest.FixtureRequest) -> tuple[int, list[Any]]:
     world, tiny_chunks = request.param

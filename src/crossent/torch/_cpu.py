@@ -298,14 +298,17 @@ def _sharded(
     pool), one combination of the whole group with the other shards (one MAX and one SUM
     all-reduce, whose latency dwarfs a few numbers per row), then each chunk's losses and
     gradient. A group is every row, unless the chunks keep chunk-sized state until they are
-    finished (probability targets, soft-capping, a gradient of another dtype or written over
-    the logits): then as many chunks as hold :data:`GROUP_BYTES` of it. Group and chunk sizes
-    depend only on what every shard knows alike, so all shards meet at the same collectives.
+    finished (probability targets, soft-capping, logits of a narrower dtype or a gradient
+    written over them): then as many chunks as hold :data:`GROUP_BYTES` of it. Group and chunk
+    sizes depend only on what every shard knows alike (the caller, not this rank's data), so
+    all shards meet at the same collectives; every rank must ask for the same gradients.
     """
     shard, rows = options.shard, logits.shape[0]
     assert shard is not None
     step = _chunk_rows(shard.widest, logits.device)
-    apart = grad is not None and (grad.dtype != compute or grad.data_ptr() == logits.data_ptr())
+    # what every rank knows alike: not data pointers (every empty slice's is 0), nor whether
+    # this rank asked for a gradient in another dtype (a softmax held apart either way)
+    apart = logits.dtype != compute or grad is logits
     held = sum((target.is_floating_point(), options.softcap is not None, apart))
     per_row = held * shard.widest * torch.finfo(compute).bits // 8
     budget = GROUP_BYTES if logits.device.type == "cpu" else GROUP_BYTES_ELSEWHERE
