@@ -408,3 +408,35 @@ def test_the_torchrun_check_of_the_docs_passes() -> None:
     assert "2 ranks (gloo, cpu)" in done.stdout
     assert "16 bytes sent into all-reduces per row" in done.stdout
     assert done.stdout.rstrip().endswith("OK")
+
+
+def _collectives_before_bad_input(rank: int, world: int) -> tuple[str, int]:
+    """In a worker: a probability target of the wrong shape; the error, and how many
+    collectives this rank had entered before it."""
+    entered = []
+    for name in ("all_gather", "all_reduce"):
+        collective = getattr(dist, name)
+        setattr(dist, name, lambda *a, c=collective, **k: entered.append(1) or c(*a, **k))
+    logits = torch.randn(4, 3, requires_grad=True)
+    try:
+        vocab_parallel_cross_entropy(logits, torch.softmax(torch.randn(4, 2), dim=1))
+    except ValueError as error:
+        return str(error), len(entered)
+    return "no error", len(entered)
+
+
+def test_a_rank_with_bad_input_raises_before_any_collective() -> None:
+    """Else it would leave the other ranks waiting in that collective (under torchrun, until
+    the process group's timeout)."""
+    for message, entered in launch(_collectives_before_bad_input, 2, timeout=120):
+        assert "must have the shape of `logits`" in message
+        assert entered == 0
+
+
+def _unpicklable(rank: int, world: int) -> object:
+    return lambda: rank  # a lambda does not pickle
+
+
+def test_a_result_that_cannot_be_sent_back_is_that_ranks_error() -> None:
+    with pytest.raises(WorkerError, match=r"rank 0 failed:(?s:.*)(pickle|Pickling)"):
+        launch(_unpicklable, 1, timeout=60)

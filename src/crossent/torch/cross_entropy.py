@@ -92,7 +92,7 @@ def loss_of(
 ) -> torch.Tensor:
     """:func:`cross_entropy` with its options gathered, after checking them."""
     check_reduction(reduction)
-    _check_options(logits, target, options)
+    check_logits_options(logits, target, options)
     scale = 1.0 / math.log(check_base(base))
     result: torch.Tensor = _CrossEntropy.apply(  # type: ignore[no-untyped-call]
         logits, target, options, reduction, scale, inplace_backward
@@ -277,7 +277,8 @@ def _grad_scale(reduction: Reduction, denominator: torch.Tensor, scale: float) -
     return torch.where(denominator == 0, 0.0, scale / denominator)
 
 
-def _check_options(logits: torch.Tensor, target: torch.Tensor, options: Options) -> None:
+def check_logits_options(logits: torch.Tensor, target: torch.Tensor, options: Options) -> None:
+    """The logits' dtype, a probability target's shape, and the options."""
     if not logits.is_floating_point():
         raise TypeError(f"`logits` must be a floating-point tensor; got dtype {logits.dtype}")
     if target.is_floating_point() and target.shape != logits.shape:

@@ -124,8 +124,7 @@ def head_loss_of(
     """
     check_reduction(reduction)
     hidden, weight, target = head.hidden, head.weight, head.target
-    rows, row_target = _check_shapes(hidden, weight, target, head.bias)
-    check_loss_options(weight.shape[0], options)
+    rows, row_target = check_head_options(head, options)
     if chunk_size is not None and (isinstance(chunk_size, bool) or chunk_size < 1):
         raise ValueError(f"`chunk_size` must be a whole number ≥ 1 or None; got {chunk_size!r}")
     widest = weight.shape[0] if options.shard is None else options.shard.widest
@@ -147,6 +146,14 @@ def head_loss_of(
     if reduction == "none":
         loss = loss.reshape(plan.example_shape)
     return (loss, lse.reshape(plan.example_shape)) if return_lse else loss
+
+
+def check_head_options(head: Head, options: Options) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shapes and dtypes of the head's tensors and the options; the rows of ``hidden``
+    (N, D) and of the target."""
+    rows = _check_shapes(head.hidden, head.weight, head.target, head.bias)
+    check_loss_options(head.weight.shape[0], options)
+    return rows
 
 
 def default_chunk_rows(classes: int, hidden: torch.Tensor) -> int:

@@ -19,8 +19,10 @@ is 0 when the two agree within float32 tolerance, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -70,11 +72,11 @@ def _compare(
     hidden, weight = hidden.to(device), weight.to(device)
     options: dict[str, Any] = {"label_smoothing": 0.1, "z_loss": 1e-4}
 
-    sent = _count_bytes()
     whole = _value_and_grads(lambda x: cross_entropy(x, labels, **options), logits)
-    split = _value_and_grads(
-        lambda x: vocab_parallel_cross_entropy(x, labels, **options), logits[:, mine]
-    )
+    with _counting_bytes() as sent:
+        split = _value_and_grads(
+            lambda x: vocab_parallel_cross_entropy(x, labels, **options), logits[:, mine]
+        )
     bytes_per_row = sum(sent) / args.rows
     worst = _difference(split, whole, mine, dim=1)
     whole = _value_and_grads(
@@ -107,11 +109,13 @@ def _difference(
         (split[-1], whole[-1].narrow(dim, mine.start, mine.stop - mine.start)),
     ]
     pairs += list(zip(split[1:-1], whole[1:-1], strict=True))
-    return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in pairs)
+    differences = [(a - b).abs().max() / b.abs().max().clamp_min(1e-30) for a, b in pairs]
+    return float(torch.stack(differences).max())  # NaN if any is: torch's max keeps it
 
 
-def _count_bytes() -> list[int]:
-    """Bytes later passed to ``dist.all_reduce`` on this rank, counted from now on."""
+@contextlib.contextmanager
+def _counting_bytes() -> Iterator[list[int]]:
+    """The bytes of each tensor passed to ``dist.all_reduce`` on this rank meanwhile."""
     counted: list[int] = []
     all_reduce = dist.all_reduce
 
@@ -120,7 +124,10 @@ def _count_bytes() -> list[int]:
         return all_reduce(tensor, *args, **kwargs)
 
     dist.all_reduce = counting
-    return counted
+    try:
+        yield counted
+    finally:
+        dist.all_reduce = all_reduce
 
 
 def _device(name: str | None) -> torch.device:

@@ -138,14 +138,15 @@ def _work(
             timeout=datetime.timedelta(seconds=timeout),
         )
         fn, args = pickle.loads(call)
-        result = fn(rank, world, *args)
+        # pickled here, so tensors travel as bytes, not as shared memory this process must
+        # outlive, and a result that cannot be pickled is reported as this rank's error
+        result = pickle.dumps(fn(rank, world, *args))
     except BaseException:
         messages.put(("error", rank, traceback.format_exc()))
         messages.close()
         messages.join_thread()  # the traceback reaches the parent before the exit code
         os._exit(1)  # skip the process group's teardown, which can wait on the other ranks
-    # pickled here, so tensors travel as bytes, not as shared memory this process must outlive
-    messages.put(("result", rank, pickle.dumps(result)))
+    messages.put(("result", rank, result))
     dist.destroy_process_group()
 
 

@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
 
-from crossent._checks import Reduction
+from crossent._checks import Reduction, check_base, check_reduction
 from crossent.torch._cpu import Options, Sums
-from crossent.torch.cross_entropy import loss_of
-from crossent.torch.linear_cross_entropy import Head, head_loss_of
+from crossent.torch.cross_entropy import check_logits_options, loss_of
+from crossent.torch.linear_cross_entropy import Head, check_head_options, head_loss_of
 
 _Function = TypeVar("_Function", bound=Callable[..., Any])
 
@@ -73,6 +73,15 @@ class ClassShard:
     def add_up(self, tensor: torch.Tensor) -> None:
         """Replace ``tensor`` by its sum over the ranks of the group."""
         dist.all_reduce(tensor, group=self.group)
+
+
+def _check_here(reduction: Reduction, base: float, check: Callable[[], object]) -> None:
+    """What each rank can check alone, before the first collective: a rank that raised after
+    it would leave the others waiting there. (Class weights and labels are checked after it,
+    against all classes; they are the same on every rank, so every rank raises alike.)"""
+    check_reduction(reduction)
+    check_base(base)
+    check()
 
 
 def class_shard(local_classes: int, rows: int, device: torch.device, group: Any) -> ClassShard:
@@ -133,10 +142,10 @@ def vocab_parallel_cross_entropy(
     shape = local_logits.shape
     classes = shape[1] if len(shape) > 1 else shape[0]
     rows = shape[0] * math.prod(shape[2:]) if len(shape) > 1 else 1
+    options = Options(None, ignore_index, float(label_smoothing), float(z_loss), softcap)
+    _check_here(reduction, base, lambda: check_logits_options(local_logits, target, options))
     shard = class_shard(classes, rows, local_logits.device, group)
-    options = Options(
-        weight, ignore_index, float(label_smoothing), float(z_loss), softcap, shard=shard
-    )
+    options = replace(options, weight=weight, shard=shard)
     return loss_of(local_logits, target, options, reduction, base)
 
 
@@ -170,11 +179,11 @@ def vocab_parallel_linear_cross_entropy(
     The chunked mode only: ``low_memory`` is a single-process mode.
     """
     rows = math.prod(hidden.shape[:-1])
-    shard = class_shard(local_weight.shape[0], rows, hidden.device, group)
-    options = Options(
-        class_weight, ignore_index, float(label_smoothing), float(z_loss), softcap, shard=shard
-    )
+    options = Options(None, ignore_index, float(label_smoothing), float(z_loss), softcap)
     head = Head(hidden, local_weight, local_bias, target)
+    _check_here(reduction, base, lambda: check_head_options(head, options))
+    shard = class_shard(local_weight.shape[0], rows, hidden.device, group)
+    options = replace(options, weight=class_weight, shard=shard)
     return head_loss_of(
         head, options, reduction, base, chunk_size, False, weight_grad_dtype, return_lse
     )
