@@ -19,7 +19,6 @@ from crossent.cli._report import print_report
 
 _DEFAULTS = SGDOptions()
 MAX_PROCESSES = 256
-COLLECTIVE_TIMEOUT = 300  # seconds a torchrun rank waits for the others in one collective
 
 
 def add_parser(commands: Any) -> None:
@@ -123,6 +122,8 @@ def run(args: argparse.Namespace, console: Console) -> None:
             "(torchrun's --nproc-per-node sets how many)"
         )
     import torch.distributed as dist
+
+    from crossent.torch.distributed.launch import COLLECTIVE_TIMEOUT  # --nproc's, too
 
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT))
     try:
