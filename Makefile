@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test lint check bench clean
 
 # The CPU build of torch goes in first: a bare `torch` requirement would pull CUDA wheels.
-$(STAMP): pyproject.toml
+# The editable install also compiles the C kernel, so a change to it installs again.
+$(STAMP): pyproject.toml setup.py src/crossent/torch/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"

@@ -5,6 +5,8 @@ math where PyTorch does not, computes the gradient in the same pass as the loss,
 z-loss and logit soft-capping; :class:`CrossEntropyLoss` is its ``nn.Module``.
 :func:`linear_cross_entropy` is the loss of a linear head, ``hidden @ weight.T + bias``, that
 never holds the N×C logits; :class:`LinearCrossEntropy` is a head module built on it.
+On the CPU the memory of a freed gradient is kept for the next call; :func:`empty_cache`
+gives it back.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import torch
 
 from crossent._checks import Reduction
+from crossent.torch._reuse import empty_cache
 from crossent.torch.cross_entropy import cross_entropy
 from crossent.torch.linear_cross_entropy import linear_cross_entropy
 from crossent.torch.reference import cross_entropy_reference
@@ -101,5 +104,6 @@ __all__ = [
     "LinearCrossEntropy",
     "cross_entropy",
     "cross_entropy_reference",
+    "empty_cache",
     "linear_cross_entropy",
 ]

@@ -11,6 +11,7 @@ For one row (classes j, weights w, W = Σ_j w_j, smoothing ε, z-loss z):
     p = softmax(x) (torch's fused kernel),   lse = m − log max_j p_j,   m = max_j x_j
 
     index target y:  loss = (1 − ε) w_y (lse − x_y) + (ε / C)(W · lse − Σ_j w_j x_j) + z lse²
+                     (a term of weight 0 is 0, also where its logit is −inf)
                      ∂loss/∂x_j = p_j ((1 − ε) w_y + (ε / C) W + 2 z lse) − (1 − ε) w_y [j = y]
                                   − (ε / C) w_j
     prob. target t:  with v_j = w_j t'_j, t' = (1 − ε) t + ε / C, V = Σ_j v_j:
@@ -24,6 +25,10 @@ On a shard of the classes (vocabulary parallelism, :mod:`crossent.torch.distribu
 pass runs on a slice of every row: the local log-sum-exp and the row sums over classes
 (x_y, Σ_j w_j x_j, Σ_j v_j x_j, V) are partial, the shard combines them over all ranks, and the
 local softmax is rescaled by exp(lse_local − lse) into the global one.
+
+The common case (float32 rows, index targets, no soft-capping, one process) runs the same
+formulas in compiled C instead (``_native.c``, one call per chunk on the same threads), where
+the two dozen ops per chunk become three loops over each row while it is in the core's cache.
 """
 
 from __future__ import annotations
@@ -36,6 +41,16 @@ from typing import Protocol, TypeVar
 
 import torch
 
+from crossent._checks import check_index_range
+
+try:
+    from crossent.torch import _native
+except ImportError:  # built without a C compiler: the torch ops below compute the same
+    _native = None  # type: ignore[assignment]
+
+NATIVE_LEVEL: int | None = None if _native is None else _native.levels()[-1]
+"""The instruction-set level of the compiled kernel (0 baseline, 1 AVX2, 2 AVX-512): the best
+this CPU runs; None where the kernel was not built, or to compute with torch ops instead."""
 CHUNK_ELEMENTS = 1 << 20  # numbers per chunk and thread: 4 MB of float32
 CHUNK_ELEMENTS_ELSEWHERE = 1 << 26  # on a GPU (sharded, or without Triton): fewer launches
 GROUP_BYTES = 64 << 20  # on a shard: state held by the chunks that are combined at once
@@ -113,6 +128,8 @@ def loss_and_grad(
         if lse is not None:
             lse.copy_(row_lse)
         return losses
+    if _runs_native(logits, target, options, grad):
+        return _native_rows(logits, target, options, weight, grad_scale, grad, lse)
     losses = torch.empty(rows, dtype=compute, device=logits.device)
     step = _chunk_rows(classes, logits.device)
 
@@ -128,6 +145,73 @@ def loss_and_grad(
 
     on_threads(run, range(0, rows, step), logits.device)
     return losses
+
+
+def _runs_native(
+    logits: torch.Tensor, target: torch.Tensor, options: Options, grad: torch.Tensor | None
+) -> bool:
+    """Whether the compiled kernel computes this: float32 rows of unit stride on the CPU,
+    index targets, no soft-capping, no shard."""
+    return (
+        NATIVE_LEVEL is not None
+        and logits.device.type == "cpu"
+        and logits.dtype == torch.float32
+        and logits.stride(1) == 1
+        and not target.is_floating_point()
+        and options.softcap is None
+        and options.shard is None
+        and (grad is None or (grad.dtype == torch.float32 and grad.stride(1) == 1))
+    )
+
+
+def _native_rows(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    options: Options,
+    weight: torch.Tensor | None,
+    grad_scale: torch.Tensor | None,
+    grad: torch.Tensor | None,
+    lse: torch.Tensor | None,
+) -> torch.Tensor:
+    """:func:`loss_and_grad` by the compiled kernel, a chunk of rows per call on the thread
+    pool (the kernel releases the GIL)."""
+    assert _native is not None
+    assert NATIVE_LEVEL is not None
+    rows, classes = logits.shape
+    labels = target.to(torch.int64).contiguous()
+    weight = None if weight is None else weight.contiguous()
+    total_weight = float(classes) if weight is None else float(weight.sum())
+    scale = None if grad_scale is None else grad_scale.to(torch.float32).contiguous()
+    scale_step = _row_stride(scale)
+    losses = torch.empty(rows, dtype=torch.float32)
+    row_lse = None if lse is None else torch.empty(rows, dtype=torch.float32)
+    step = _chunk_rows(classes, logits.device)
+
+    def at(tensor: torch.Tensor | None, row: int) -> int:
+        """The address of ``tensor``'s row ``row`` (0 for no tensor; a 0-d tensor's own)."""
+        if tensor is None:
+            return 0
+        return tensor.data_ptr() + row * _row_stride(tensor) * tensor.element_size()
+
+    def run(start: int) -> int:
+        bad = _native.index_rows(
+            at(logits, start), _row_stride(logits), at(grad, start), _row_stride(grad),
+            at(labels, start), min(rows, start + step) - start, classes, at(weight, 0),
+            total_weight, options.ignore_index, options.label_smoothing, options.z_loss,
+            at(scale, start), scale_step, at(losses, start), at(row_lse, start), NATIVE_LEVEL,
+        )  # fmt: skip
+        return int(bad)
+
+    if any(bad >= 0 for bad in on_threads(run, range(0, rows, step), logits.device)):
+        check_index_range("target", labels, classes, options.ignore_index)  # raises
+    if lse is not None and row_lse is not None:
+        lse.copy_(row_lse)
+    return losses
+
+
+def _row_stride(tensor: torch.Tensor | None) -> int:
+    """Elements from one row to the next; 0 for a 0-d tensor (one number for all rows)."""
+    return 0 if tensor is None or tensor.dim() == 0 else tensor.stride(0)
 
 
 def on_threads(
@@ -364,25 +448,31 @@ def _index_target(
     local_weight = None if weight is None else _on_slice(weight, shard, x.shape[1])
     total_weight = float(classes) if weight is None else weight.sum()
     sums: Sums = (x_y,)
-    if eps:  # Σ_j w_j x_j
-        sums += ((x.sum(dim=1) if local_weight is None else x @ local_weight)[:, None],)
+    if eps:  # Σ_j w_j x_j, where a class of weight 0 adds 0 even at x_j = −inf
+        if local_weight is None:
+            sums += (x.sum(dim=1, keepdim=True),)
+        else:
+            sums += ((torch.where(local_weight == 0, 0.0, x) @ local_weight)[:, None],)
+    label = (1 - eps) * w_y  # the label's weight in the loss: a number without class weights
 
     def loss_at(lse: torch.Tensor, sums: Sums) -> torch.Tensor:
         loss = (lse - sums[0])[:, 0]  # each factor below only where it is not 1: ops cost ~10 µs
-        if weight is not None:
-            loss = w_y[:, 0] * loss  # type: ignore[index]
+        if isinstance(label, torch.Tensor):  # a label of weight 0 adds 0, even if x_y = −inf
+            loss = torch.where(label[:, 0] == 0, 0.0, label[:, 0] * loss)
+        elif label != 1:
+            loss = label * loss if label else torch.zeros_like(loss)
         if eps:
-            loss = (1 - eps) * loss + eps / classes * (total_weight * lse - sums[1])[:, 0]
+            loss = loss + eps / classes * (total_weight * lse - sums[1])[:, 0]
         return loss
 
     def subtract(e: torch.Tensor, factor: torch.Tensor) -> None:
         at_label = factor if on_slice is None else factor * on_slice
         if e.shape[1]:
-            e.scatter_add_(1, here, -(1 - eps) * w_y * at_label)
+            e.scatter_add_(1, here, -label * at_label)
         if eps:
             e.sub_(eps / classes * factor * (local_weight if local_weight is not None else 1.0))
 
-    coef = (1 - eps) * w_y + eps / classes * total_weight  # a number without class weights
+    coef = label + eps / classes * total_weight  # a number without class weights
     return _Target(keep, sums, loss_at, lambda sums: coef, subtract)
 
 

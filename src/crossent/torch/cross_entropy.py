@@ -12,12 +12,11 @@ import importlib.util
 import math
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
 from crossent._checks import Reduction, check_base, check_index_range, check_reduction
-from crossent.torch import _cpu
+from crossent.torch import _cpu, _reuse
 from crossent.torch._cpu import Options
 from crossent.torch.reference import example_shape, reduce_rows
 
@@ -225,14 +224,11 @@ def _use_triton(rows: torch.Tensor) -> bool:
 
 
 def _empty_gradient(rows: torch.Tensor) -> torch.Tensor:
-    """An uninitialised buffer like ``rows``; on the CPU from NumPy, which asks the kernel for
-    huge pages (madvise), so that first writing 500 MB costs 250 page faults, not 130,000."""
-    if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64, torch.float16):
-        return torch.from_numpy(np.empty(tuple(rows.shape), dtype=_NUMPY[rows.dtype]))
+    """An uninitialised buffer like ``rows``; on the CPU memory that is already mapped where
+    it can be (:mod:`crossent.torch._reuse`)."""
+    if rows.device.type == "cpu":
+        return _reuse.empty(tuple(rows.shape), rows.dtype)
     return torch.empty_like(rows)
-
-
-_NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
 
 
 def _as_rows(logits: torch.Tensor) -> torch.Tensor:

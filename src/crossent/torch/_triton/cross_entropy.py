@@ -9,6 +9,7 @@ s, f = the row's gradient factor, 1 / denominator for a mean):
            lse = m + log d;  loss = (1 − ε) w_y (lse − x_y) + (ε / C)(W · lse − Σ w x) + z lse²
     pass 2: dx_j = f · (p_j ((1 − ε) w_y + (ε / C) W + 2 z lse) − (1 − ε) w_y [j = y]
                    − (ε / C) w_j),  p_j = exp(x_j − lse);  times 1 − tanh²(x_raw / s) if capped
+    A term whose weight ((1 − ε) w_y, or w_j in Σ w x) is 0 is 0, also where its logit is −inf.
 
 Accumulation is in float32 whatever the logits' dtype; the gradient is stored in the logits'
 dtype. An ignored row gets loss 0 and gradient 0; a label outside [0, C) that is not
@@ -104,11 +105,12 @@ def _cross_entropy_rows(
         m, d = _online_lse(m, d, x)
         if SMOOTHING:
             w = tl.load(W + cols, mask=inside, other=0.0) if HAS_WEIGHT else inside.to(tl.float32)
-            weighted_x += tl.sum(tl.where(inside, w * x, 0.0), axis=0)
+            weighted_x += tl.sum(tl.where(inside & (w != 0), w * x, 0.0), axis=0)  # 0 · −inf
     lse = m + tl.log(d)
     x_y = _capped(tl.load(x_row + safe_y).to(tl.float32), SOFTCAP, softcap)
     w_y = tl.load(W + safe_y) if HAS_WEIGHT else 1.0
-    loss = (1.0 - eps) * w_y * (lse - x_y)
+    label = (1.0 - eps) * w_y
+    loss = tl.where(label == 0, 0.0, label * (lse - x_y))  # weight 0: 0, even if x_y = −inf
     if SMOOTHING:
         loss += eps / C * (total_weight * lse - weighted_x)
     if Z_LOSS:
@@ -122,7 +124,7 @@ def _cross_entropy_rows(
     if WRITE_GRAD:
         factor = tl.load(F + row * stride_f)
         factor = tl.where(ignored, 0.0, tl.where(invalid, float("nan"), factor))
-        coef = (1.0 - eps) * w_y + eps / C * total_weight
+        coef = label + eps / C * total_weight
         if Z_LOSS:
             coef += 2.0 * z_loss * lse
         g_row = G + row * stride_g
@@ -131,7 +133,7 @@ def _cross_entropy_rows(
             inside = cols < C
             x = _row_block(x_row, cols, inside, SOFTCAP, softcap)
             p = tl.where(ignored, 0.0, tl.exp(x - lse))
-            g = p * coef - tl.where(cols == safe_y, (1.0 - eps) * w_y, 0.0)
+            g = p * coef - tl.where(cols == safe_y, label, 0.0)
             if SMOOTHING:
                 w = tl.load(W + cols, mask=inside, other=0.0) if HAS_WEIGHT else 1.0
                 g -= eps / C * w
