@@ -103,6 +103,25 @@ def test_ignored_rows_are_exactly_zero_and_bad_labels_are_nan() -> None:
     assert math.isclose(loss[2].item(), math.log(3), rel_tol=1e-6)
 
 
+def test_a_term_of_weight_zero_is_zero_even_at_minus_inf() -> None:
+    """A label of class weight 0 whose logit is −inf, and the smoothing sum over that class:
+    0 · ∞ is 0 here, as in the CPU passes, not NaN."""
+    logits = torch.tensor([[0.0, -math.inf, 1.0], [2.0, -math.inf, 0.5]])
+    labels = torch.tensor([1, 0])
+    weight = torch.tensor([1.0, 0.0, 2.0])
+    for eps in (0.0, 0.3):
+        options = _cpu.Options(weight.to(DEVICE), -100, eps, 0.0, None)
+        grad, expected_grad = torch.empty_like(logits).to(DEVICE), torch.empty_like(logits)
+        loss = kernel.loss_and_grad(logits.to(DEVICE), labels.to(DEVICE), options, None, grad)
+        expected = _cpu.loss_and_grad(
+            logits, labels, _cpu.Options(weight, -100, eps, 0.0, None), None, expected_grad
+        )
+        assert torch.isfinite(loss).all()
+        assert torch.isfinite(grad).all()
+        torch.testing.assert_close(loss.cpu(), expected, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(grad.cpu(), expected_grad, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_public_function_through_the_kernel(
     monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
