@@ -18,7 +18,8 @@ Time
 Memory
     ``PeakMemory`` covers the timed calls, so what the warm-up left for good (compiled code,
     library pages loaded on first use) is in its baseline and what one call allocates and frees
-    again is not. On entry it frees what can be freed (garbage collection; on Linux
+    again is not. On entry it frees what can be freed (garbage collection; the gradient buffer
+    crossent keeps for its next call on the CPU, so that the call's gradient counts; on Linux
     ``malloc_trim``, so freed heap goes back to the kernel), takes the memory held then as the
     baseline, and resets the peak. On exit ``extra_bytes`` is the peak since then minus that
     baseline. CPU: resident set size, the peak (VmHWM) reset through /proc/self/clear_refs;
@@ -154,6 +155,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self._baseline = float(torch.cuda.memory_allocated())
         else:
+            _release_kept()
             _trim_heap()
             self._resettable = _reset_peak_rss()
             self._baseline = _rss("VmRSS") if self._resettable else _max_rss()
@@ -166,6 +168,14 @@ class PeakMemory:
         else:
             peak = _rss("VmHWM") if self._resettable else _max_rss()
         self.extra_bytes = peak - self._baseline
+
+
+def _release_kept() -> None:
+    """Give back the gradient memory crossent keeps for its next call: the first timed call
+    allocates it again, and the peak counts it."""
+    reuse = sys.modules.get("crossent.torch._reuse")
+    if reuse is not None:
+        reuse.empty_cache()
 
 
 def _trim_heap() -> None:
