@@ -18,14 +18,15 @@ Time
 Memory
     ``PeakMemory`` covers the timed calls, so what the warm-up left for good (compiled code,
     library pages loaded on first use) is in its baseline and what one call allocates and frees
-    again is not. On entry it frees what can be freed (garbage collection; the gradient buffer
-    crossent keeps for its next call on the CPU, so that the call's gradient counts; on Linux
+    again is not. On entry it frees what can be freed (garbage collection; on Linux
     ``malloc_trim``, so freed heap goes back to the kernel), takes the memory held then as the
-    baseline, and resets the peak. On exit ``extra_bytes`` is the peak since then minus that
-    baseline. CPU: resident set size, the peak (VmHWM) reset through /proc/self/clear_refs;
-    where that is refused, the process's lifetime maximum (ru_maxrss) serves for both, which
-    can only understate "extra". CUDA: torch.cuda.memory_allocated and max_memory_allocated,
-    so the caching allocator's reserve does not count.
+    baseline (less the gradient buffer crossent keeps for its next call on the CPU, which the
+    timed calls use: so their gradient counts, as a fresh one would), and resets the peak. On
+    exit ``extra_bytes`` is the peak since then minus that baseline. CPU: resident set size,
+    the peak (VmHWM) reset through /proc/self/clear_refs; where that is refused, the process's
+    lifetime maximum (ru_maxrss) serves for both, which can only understate "extra". CUDA:
+    torch.cuda.memory_allocated and max_memory_allocated, so the caching allocator's reserve
+    does not count.
 """
 
 from __future__ import annotations
@@ -155,10 +156,9 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self._baseline = float(torch.cuda.memory_allocated())
         else:
-            _release_kept()
             _trim_heap()
             self._resettable = _reset_peak_rss()
-            self._baseline = _rss("VmRSS") if self._resettable else _max_rss()
+            self._baseline = _rss("VmRSS") - _kept_bytes() if self._resettable else _max_rss()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -170,12 +170,11 @@ class PeakMemory:
         self.extra_bytes = peak - self._baseline
 
 
-def _release_kept() -> None:
-    """Give back the gradient memory crossent keeps for its next call: the first timed call
-    allocates it again, and the peak counts it."""
+def _kept_bytes() -> float:
+    """The gradient memory crossent keeps for its next call (resident: the warm-up wrote it)."""
     reuse = sys.modules.get("crossent.torch._reuse")
-    if reuse is not None:
-        reuse.empty_cache()
+    buffer = None if reuse is None else reuse._Kept.buffer
+    return 0.0 if buffer is None else float(buffer.nbytes)
 
 
 def _trim_heap() -> None:
