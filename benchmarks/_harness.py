@@ -173,8 +173,7 @@ class PeakMemory:
 def _kept_bytes() -> float:
     """The gradient memory crossent keeps for its next call (resident: the warm-up wrote it)."""
     reuse = sys.modules.get("crossent.torch._reuse")
-    buffer = None if reuse is None else reuse._Kept.buffer
-    return 0.0 if buffer is None else float(buffer.nbytes)
+    return 0.0 if reuse is None else float(sum(kept.nbytes for kept in reuse._Kept.buffers))
 
 
 def _trim_heap() -> None:

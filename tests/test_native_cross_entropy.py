@@ -220,6 +220,7 @@ def test_chunks_and_threads_change_no_bit(level, monkeypatch, threads) -> None:
         torch.set_num_threads(before)
     for a, b in zip(chunked, whole, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert ran_native(level)
 
 
 @pytest.mark.skipif(not LEVELS, reason="the C extension is not built")
@@ -258,7 +259,7 @@ def test_every_level_equals_the_torch_ops_pass(
 
 # ---- the reused gradient memory ----
 
-BIG = (128, 32768)  # 16 MiB of float32: kept
+BIG = (256, 32768)  # 32 MiB of float32: kept
 
 
 @pytest.fixture
@@ -290,21 +291,42 @@ def test_views_and_other_dtypes_of_the_kept_buffer(nothing_kept) -> None:
     address = first.data_ptr()
     view = first[5:7]
     del first
-    assert _reuse.empty((10, 10), torch.float64).data_ptr() != address  # the view holds it
+    second = _reuse.empty(BIG, torch.float32)
+    assert second.data_ptr() != address  # the view holds it
     del view
-    smaller = _reuse.empty((100, 1000), torch.float16)
-    assert smaller.data_ptr() == address
-    assert smaller.dtype == torch.float16
-    assert smaller.shape == (100, 1000)
+    other = _reuse.empty((BIG[0], BIG[1] * 3 // 2), torch.float16)  # 3/4 of it, another dtype
+    assert other.data_ptr() == address
+    assert other.dtype == torch.float16
+    assert other.shape == (BIG[0], BIG[1] * 3 // 2)
     assert _reuse.empty((2, 3), torch.bfloat16).dtype == torch.bfloat16  # NumPy has none
-    del smaller
+    del other, second
     empty_cache()
-    assert _reuse._Kept.buffer is None
+    assert _reuse._Kept.buffers == []
 
 
-def test_small_buffers_are_not_kept(nothing_kept) -> None:
-    _reuse.empty((10, 10), torch.float32)
-    assert _reuse._Kept.buffer is None
+def test_small_buffers_are_not_kept_and_never_pin_a_large_one(nothing_kept) -> None:
+    large = (4 * BIG[0], BIG[1])
+    address = _reuse.empty(large, torch.float32).data_ptr()
+    small = _reuse.empty((10, 10), torch.float32)  # a small loss first in a step ...
+    quarter = _reuse.empty(BIG, torch.float32)  # ... or one of a quarter the size (kept too)
+    assert len(_reuse._Kept.buffers) == 2
+    assert _reuse.empty(large, torch.float32).data_ptr() == address  # leave it to the large one
+    del small, quarter
+
+
+def test_two_losses_a_step_each_reuse_their_memory(nothing_kept) -> None:
+    def step() -> list[int]:
+        first, second = _reuse.empty(BIG, torch.float32), _reuse.empty(BIG, torch.float32)
+        return [first.data_ptr(), second.data_ptr()]
+
+    warm = step()
+    assert sorted(step()) == sorted(warm)
+
+
+def test_a_larger_request_gives_back_the_smaller_unused_buffer_first(nothing_kept) -> None:
+    _reuse.empty(BIG, torch.float32)
+    larger = _reuse.empty((2 * BIG[0], BIG[1]), torch.float32)
+    assert [kept.nbytes for kept in _reuse._Kept.buffers] == [larger.numel() * 4]
 
 
 def test_threads_never_share_a_live_buffer(nothing_kept) -> None:
@@ -329,3 +351,50 @@ def test_threads_never_share_a_live_buffer(nothing_kept) -> None:
         worker.join()
     addresses = [tensor.data_ptr() for tensor in held]
     assert len(set(addresses)) == len(addresses)
+
+
+# ---- found by review: inputs the kernel must never misread ----
+
+
+def test_a_target_of_the_wrong_length_is_refused_before_any_pass(level) -> None:
+    logits = torch.randn(4096, 8)
+    for target in (torch.tensor(3), torch.tensor([1, 2, 3]), torch.zeros(4095, dtype=torch.long)):
+        with pytest.raises(ValueError, match=r"index `target` must have the shape .* \(4096,\)"):
+            cross_entropy(logits, target)
+
+
+def test_rows_that_share_memory(level) -> None:
+    """Expanded logits (every row the same memory): read, they give every row's answer;
+    written over in place, torch's refusal, never a number computed from a half-written row."""
+    row = torch.randn(1, 5, 1, generator=torch.Generator().manual_seed(2))
+    shared = row.expand(1, 5, 4)
+    labels = torch.tensor([[0, 1, 2, 3]])
+    expected = cross_entropy_reference(shared.double(), labels, reduction="none").float()
+    torch.testing.assert_close(cross_entropy(shared, labels, reduction="none"), expected)
+    with pytest.raises(RuntimeError, match="single memory location"):
+        cross_entropy(shared.requires_grad_(True), labels, inplace_backward=True)
+
+
+def test_z_loss_zero_adds_nothing_to_a_row_of_weight_zero(level) -> None:
+    """A label of class weight 0 contributes 0 whatever its row's log-sum-exp, NaN included;
+    z-loss 0 must not turn that into 0 · NaN."""
+    logits = torch.tensor([[-INF, -INF, -INF], [0.0, 1.0, 2.0], [math.nan, 0.0, 1.0]])
+    loss = cross_entropy(
+        logits, torch.tensor([0, 1, 0]), weight=torch.tensor([0.0, 1.0, 1.0]), reduction="none"
+    )
+    assert loss[0] == 0
+    assert loss[2] == 0
+    assert loss[1] == pytest.approx(torch.logsumexp(logits[1], 0).item() - 1.0)
+    assert ran_native(level)
+
+
+def test_long_rows_are_summed_as_exactly_as_torch_does_or_better(level) -> None:
+    """262,144 classes of N(0, 4²) logits: the softmax's error against float64 (torch's own
+    float32 pass measured 3.2e-5 here; the kernel adds its row sums up in double: 2.0e-6)."""
+    logits = 4 * torch.randn(3, 262144, generator=torch.Generator().manual_seed(3))
+    logits.requires_grad_(True)
+    cross_entropy(logits, torch.zeros(3, dtype=torch.long), reduction="sum").backward()
+    exact = torch.softmax(logits.detach().double(), dim=1)[:, 1:]
+    error = ((logits.grad[:, 1:].double() - exact).abs() / exact).max().item()
+    assert error < (5e-6 if level is not None else 1e-4)
+    assert ran_native(level)

@@ -160,8 +160,15 @@ def _runs_native(
         and not target.is_floating_point()
         and options.softcap is None
         and options.shard is None
-        and (grad is None or (grad.dtype == torch.float32 and grad.stride(1) == 1))
+        and (grad is None or _separate_rows(grad))
     )
+
+
+def _separate_rows(grad: torch.Tensor) -> bool:
+    """A float32 gradient whose rows do not overlap (an expanded tensor's may: the C kernel
+    would read what it wrote, from several threads)."""
+    classes = grad.shape[1]
+    return grad.dtype == torch.float32 and grad.stride(1) == 1 and grad.stride(0) >= classes
 
 
 def _native_rows(
@@ -179,6 +186,8 @@ def _native_rows(
     assert NATIVE_LEVEL is not None
     rows, classes = logits.shape
     labels = target.to(torch.int64).contiguous()
+    if labels.shape != (rows,):  # the kernel reads one label per row
+        raise ValueError(f"one label per row of logits {tuple(logits.shape)}; got {labels.shape}")
     weight = None if weight is None else weight.contiguous()
     total_weight = float(classes) if weight is None else float(weight.sum())
     scale = None if grad_scale is None else grad_scale.to(torch.float32).contiguous()

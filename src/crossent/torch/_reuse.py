@@ -3,67 +3,95 @@
 torch's CPU allocator gives every large tensor back to the system when it is freed, so the
 next one of the same size is fresh memory again, and its first write pays a page fault per
 page while the kernel zeroes it: on a 2-core VM, writing a fresh 524 MB gradient took 73 ms,
-against 29 ms for one already mapped, and the whole loss pass about 50 ms. In training the
-loss's gradient is freed every step and asked for again at the next, so one buffer is kept:
-what :func:`empty` hands out is a view of it while no tensor uses it, and the peak memory is
-unchanged (the gradient needs the memory during the call anyway). :func:`empty_cache` gives
-it back.
+against 29 ms for one already mapped, and the whole loss pass about 45 ms. In training the
+loss's gradient is freed every step and asked for again at the next, so the last
+:data:`KEPT` large buffers are kept, and :func:`empty` hands out a view of one while no
+tensor uses it and it is no more than twice the size asked for. Before new memory is taken,
+kept buffers too small to serve are given back, so what is kept never adds to the peak of a
+call that needs more. :func:`empty_cache` gives everything back.
 
-A buffer is known to be unused when only this module refers to it: every NumPy view of it
-and every tensor made from one hold a reference to it until they are freed.
+A buffer is unused when only this module refers to it: every NumPy view of it and every tensor
+made from one hold a reference to it until they are freed. That count is exact on CPython with
+its global interpreter lock; elsewhere nothing is kept.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 MIN_BYTES = 16 << 20  # smaller buffers are cheap to fault in, and malloc reuses them anyway
+KEPT = 2  # a step may have two large losses
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
 
 
 class _Kept:
-    """The one buffer kept (bytes), and the lock that makes finding it unused and handing
-    it out one step."""
+    """The buffers kept (bytes, newest first), and the lock that makes finding one unused
+    and handing it out one step."""
 
     lock = threading.Lock()
-    buffer: np.ndarray | None = None
+    buffers: ClassVar[list[np.ndarray]] = []
+
+
+def _references(index: int) -> int:
+    """References to kept buffer ``index``, as ``sys.getrefcount`` counts them here."""
+    return sys.getrefcount(_Kept.buffers[index])
+
+
+def _unused_count() -> int:
+    """What :func:`_references` gives for a buffer nothing else refers to, measured once
+    through the same code (interpreters differ in the references they count)."""
+    _Kept.buffers.insert(0, np.empty(0, dtype=np.uint8))
+    try:
+        return _references(0)
+    finally:
+        del _Kept.buffers[0]
+
+
+_UNUSED = _unused_count()
+_EXACT = sys.implementation.name == "cpython" and getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 def empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised CPU tensor: the kept buffer's memory if it is unused and large
-    enough, else new memory from NumPy (which asks for huge pages: 250 page faults for
-    500 MB, not 130,000), kept in turn if it is at least :data:`MIN_BYTES`."""
+    """An uninitialised CPU tensor: a kept buffer's memory if one is unused and fits, else new
+    memory from NumPy (which asks for huge pages: 250 page faults for 500 MB, not 130,000),
+    kept in turn if it is at least :data:`MIN_BYTES`."""
     if dtype not in _NUMPY:
         return torch.empty(shape, dtype=dtype)
     numpy_dtype = np.dtype(_NUMPY[dtype])
     size = numpy_dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    if size < MIN_BYTES or not _EXACT:
+        return torch.from_numpy(np.empty(shape, dtype=numpy_dtype))
     with _Kept.lock:
-        kept = _Kept.buffer if size <= _free_bytes() else None
-        if kept is None:
-            kept = np.empty(size, dtype=np.uint8)
-            if size >= MIN_BYTES:
-                _Kept.buffer = kept
-        return torch.from_numpy(kept[:size].view(numpy_dtype).reshape(shape))
+        memory = _take(size)
+        return torch.from_numpy(memory[:size].view(numpy_dtype).reshape(shape))
 
 
-def _free_bytes() -> int:
-    """The kept buffer's size if nothing but this module refers to it, else 0 (under the lock).
-
-    ``sys.getrefcount`` counts the class attribute and its own argument: 2 when unused.
-    """
-    if _Kept.buffer is None or sys.getrefcount(_Kept.buffer) > 2:
-        return 0
-    return int(_Kept.buffer.nbytes)
+def _take(size: int) -> np.ndarray:
+    """A kept buffer that is unused and holds ``size`` bytes with less than as many to spare;
+    else new memory, kept, after the unused buffers smaller than it are given back."""
+    unused = [_references(i) == _UNUSED for i in range(len(_Kept.buffers))]
+    for index, free in enumerate(unused):
+        if free and size <= _Kept.buffers[index].nbytes < 2 * size:
+            return _Kept.buffers[index]
+    _Kept.buffers = [
+        buffer
+        for buffer, free in zip(_Kept.buffers, unused, strict=True)
+        if not (free and buffer.nbytes < size)
+    ]
+    fresh = np.empty(size, dtype=np.uint8)
+    _Kept.buffers = [fresh, *_Kept.buffers][:KEPT]
+    return fresh
 
 
 def empty_cache() -> None:
-    """Give the kept gradient buffer back to the system (once no tensor uses it).
+    """Give the kept gradient buffers back to the system (each once no tensor uses it).
 
     >>> empty_cache()
     """
     with _Kept.lock:
-        _Kept.buffer = None
+        _Kept.buffers = []

@@ -282,6 +282,12 @@ def check_logits_options(logits: torch.Tensor, target: torch.Tensor, options: Op
             f"probability `target` must have the shape of `logits` {tuple(logits.shape)}; "
             f"got {tuple(target.shape)}"
         )
+    examples = example_shape(logits)
+    if not target.is_floating_point() and target.shape != examples:
+        raise ValueError(
+            f"index `target` must have the shape of `logits` {tuple(logits.shape)} without its "
+            f"class dimension, {tuple(examples)}; got {tuple(target.shape)}"
+        )
     check_loss_options(logits.shape[1] if logits.dim() > 1 else logits.shape[0], options)
 
 
