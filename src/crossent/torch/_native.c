@@ -65,7 +65,7 @@ static inline float exp_nonpositive(float t) {
     p = p * r + 0.1666652113199234f;
     p = p * r + 0.4999999403953552f;
     p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)k + 127) * (1 << 23); /* 2^k, k in [-126, 0] */
+    uint32_t bits = (uint32_t)((int32_t)k + 127) << 23; /* 2^k, k in [-126, 0]: a shift */
     float two_k;
     memcpy(&two_k, &bits, sizeof two_k);
     return t > EXP_LOW ? p * two_k : (t != t ? t : 0.0f); /* ... and are put right here */
