@@ -14,8 +14,8 @@
    gradient goes and scaled there while the row is still in the core's cache. No other N x C
    memory is used.
    The gradient may overwrite the logits. exp is a vectorisable polynomial that gives
-   exp(-inf) = 0 and keeps NaN, so NaN and +inf logits give a NaN row as torch's softmax does;
-   results below float32's normal range are flushed to 0. Its relative error is below 1.2e-7,
+   exp(-inf) = 0; a NaN logit makes the row's sum NaN, so NaN and +inf logits give a NaN row as
+   torch's softmax does; results below float32's normal range are flushed to 0. Its relative error is below 1.2e-7,
    and row sums are added up in double, so the softmax is as close to float64's as torch's
    own, or closer on long rows (tests/test_native_cross_entropy.py). Logits x_j - m <= 0 is
    what makes exp's argument safe: each row is its own memory, never another row's.
@@ -50,7 +50,7 @@ typedef struct {
 #define EXP_LOW (-87.33654f) /* log of float32's smallest normal number */
 #define ROUNDER 12582912.0f    /* 1.5 * 2^23: adding it rounds to an integer (SSE2 can do it) */
 
-/* exp(t) for t <= 0, -inf or NaN: t = k ln 2 + r with |r| <= ln 2 / 2 (Cephes' split of ln 2,
+/* exp(t) for t <= 0 (-inf gives 0, NaN too): t = k ln 2 + r with |r| <= ln 2 / 2 (Cephes' split of ln 2,
    exact without fused multiply-adds, which the compiler may still use), then
    exp(r) = 1 + r + r^2 P(r), P of degree 4 fitted for the least relative error (3e-9; 7e-8
    in float32 arithmetic), one term shorter than Cephes' and as accurate in float32. */
@@ -68,7 +68,7 @@ static inline float exp_nonpositive(float t) {
     uint32_t bits = (uint32_t)((int32_t)k + 127) << 23; /* 2^k, k in [-126, 0]: a shift */
     float two_k;
     memcpy(&two_k, &bits, sizeof two_k);
-    return t > EXP_LOW ? p * two_k : (t != t ? t : 0.0f); /* ... and are put right here */
+    return t > EXP_LOW ? p * two_k : 0.0f; /* ... and give 0 here: a NaN is caught apart */
 }
 
 static inline __attribute__((always_inline)) float row_max(const float *x, int64_t n) {
@@ -98,16 +98,18 @@ static inline __attribute__((always_inline)) Pass exp_pass(const float *x, const
     for (int64_t start = 0; start < n; start += BLOCK) {
         const int64_t stop = n - start > BLOCK ? start + BLOCK : n;
         float s = 0.0f, wx = 0.0f;
-#pragma omp simd reduction(+ : s, wx) reduction(max : next_max)
+        int nans = 0;
+#pragma omp simd reduction(+ : s, wx, nans) reduction(max : next_max)
         for (int64_t j = start; j < stop; j++) {
             next_max = xn[j] > next_max ? xn[j] : next_max;
             const float x_j = x[j], e = exp_nonpositive(x_j - m); /* x_j before g_j (may be x_j) */
+            nans += x_j != x_j;
             if (SMOOTH == 1) wx += x_j;
             if (SMOOTH == 2) wx += w[j] != 0.0f ? w[j] * x_j : 0.0f;
             if (STORE) g[j] = e;
             s += e;
         }
-        pass.s += s;
+        pass.s += nans ? NAN : s; /* a NaN logit: the row's loss and gradient are NaN */
         pass.wx += wx;
     }
     pass.next_max = next_max;
