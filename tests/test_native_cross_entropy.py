@@ -212,6 +212,7 @@ def test_chunks_and_threads_change_no_bit(level, monkeypatch, threads) -> None:
     options = {"weight": weight, "label_smoothing": 0.1, "reduction": "none"}
     whole = value_and_grad(cross_entropy, logits, labels, **options)
     monkeypatch.setattr(_cpu, "CHUNK_ELEMENTS", 4 * 300)
+    monkeypatch.setattr(_cpu, "NATIVE_CHUNK_ELEMENTS", 4 * 300)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -52,6 +52,7 @@ NATIVE_LEVEL: int | None = None if _native is None else _native.levels()[-1]
 """The instruction-set level of the compiled kernel (0 baseline, 1 AVX2, 2 AVX-512): the best
 this CPU runs; None where the kernel was not built, or to compute with torch ops instead."""
 CHUNK_ELEMENTS = 1 << 20  # numbers per chunk and thread: 4 MB of float32
+NATIVE_CHUNK_ELEMENTS = 1 << 24  # the most numbers per call of the compiled kernel
 CHUNK_ELEMENTS_ELSEWHERE = 1 << 26  # on a GPU (sharded, or without Triton): fewer launches
 GROUP_BYTES = 64 << 20  # on a shard: state held by the chunks that are combined at once
 GROUP_BYTES_ELSEWHERE = 1 << 30
@@ -194,7 +195,7 @@ def _native_rows(
     scale_step = _row_stride(scale)
     losses = torch.empty(rows, dtype=torch.float32)
     row_lse = None if lse is None else torch.empty(rows, dtype=torch.float32)
-    step = _chunk_rows(classes, logits.device)
+    step = _native_rows_per_call(rows, classes)
 
     def at(tensor: torch.Tensor | None, row: int) -> int:
         """The address of ``tensor``'s row ``row`` (0 for no tensor; a 0-d tensor's own)."""
@@ -216,6 +217,15 @@ def _native_rows(
     if lse is not None and row_lse is not None:
         lse.copy_(row_lse)
     return losses
+
+
+def _native_rows_per_call(rows: int, classes: int) -> int:
+    """Rows per call of the compiled kernel: four calls per thread, so that the threads
+    finish together, of at most :data:`NATIVE_CHUNK_ELEMENTS` numbers. Larger calls are
+    faster (each call's first row is read before any arithmetic, the others while the row
+    before them is computed): at 4096 × 32000, 44 ms with calls of 2^20 numbers, 39 with 2^24."""
+    calls = 4 * torch.get_num_threads()
+    return max(1, min(NATIVE_CHUNK_ELEMENTS // max(classes, 1), -(-rows // calls)))
 
 
 def _row_stride(tensor: torch.Tensor | None) -> int:
