@@ -22,6 +22,8 @@ Memory
 
 Usage:
     python benchmarks/bench_cross_entropy.py                # CPU → docs/benchmarks/*_cpu.csv
+    python benchmarks/bench_cross_entropy.py --runs 5       # all of it five times over: a VM
+                                                            # drifts; the ratios' median and range
     python benchmarks/bench_cross_entropy.py --device cuda  # GPU → docs/benchmarks/*_cuda.csv
     python benchmarks/bench_cross_entropy.py --quick         # small shapes, a smoke test
 """
@@ -100,21 +102,39 @@ def in_subprocess(provider: str, args: argparse.Namespace, rows: int, classes: i
 
 
 def rows_for(args: argparse.Namespace) -> list[dict]:
+    """Every provider at every shape, ``args.runs`` times over (each run its own row set)."""
     shapes = [(4096, 32000)] if args.device == "cpu" else [(16384, 32000), (16384, 128256)]
     if args.quick:
         shapes = [(256, 4000)]
     results = []
-    for rows, classes in shapes:
-        copy = copy_bandwidth(rows, classes, args.repeat) if args.device == "cuda" else None
-        measured = {}
-        for provider in PROVIDERS:
-            log(f"{rows} × {classes}: {provider}")
-            outcome = in_subprocess(provider, args, rows, classes)
-            if outcome is not None:
-                measured[provider] = outcome
-        for provider in measured:
-            results.append(summary_row(args, rows, classes, provider, measured, copy))
+    for run in range(1, args.runs + 1):
+        for rows, classes in shapes:
+            copy = copy_bandwidth(rows, classes, args.repeat) if args.device == "cuda" else None
+            measured = {}
+            for provider in PROVIDERS:
+                log(f"run {run}/{args.runs}, {rows} × {classes}: {provider}")
+                outcome = in_subprocess(provider, args, rows, classes)
+                if outcome is not None:
+                    measured[provider] = outcome
+            for provider in measured:
+                row = summary_row(args, rows, classes, provider, measured, copy)
+                results.append({"run": run, **row})
     return results
+
+
+def across_runs(rows: list[dict]) -> str:
+    """Each provider's speed-ups over the runs: their median and their range."""
+    lines = ["| N × C | provider | runs | vs eager: median (range) | vs compile: median (range) |",
+             "|" + "---|" * 5]  # fmt: skip
+    for key in dict.fromkeys((r["rows"], r["classes"], r["provider"]) for r in rows):
+        mine = [r for r in rows if (r["rows"], r["classes"], r["provider"]) == key]
+        cells = []
+        for anchor in ("eager", "compile"):
+            ratios = [r[f"speedup_vs_{anchor}"] for r in mine if r[f"speedup_vs_{anchor}"] != ""]
+            middle = f"{statistics.median(ratios):.2f}×" if ratios else ""
+            cells.append(f"{middle} ({min(ratios)}–{max(ratios)})" if ratios else "")
+        lines.append(f"| {key[0]:,} × {key[1]:,} | {key[2]} | {len(mine)} | {' | '.join(cells)} |")
+    return "\n".join(lines)
 
 
 def summary_row(
@@ -150,12 +170,13 @@ def summary_row(
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| device | N × C | dtype | provider | median ms (p20–p80) | vs eager | vs compile "
-             "| extra MB (gradient MB) | GB/s | of copy bw | first call ms (vs eager) |",
-             "|" + "---|" * 11]  # fmt: skip
+    lines = ["| run | device | N × C | dtype | provider | median ms (p20–p80) | vs eager | vs "
+             "compile | extra MB (gradient MB) | GB/s | of copy bw | first call ms (vs eager) |",
+             "|" + "---|" * 12]  # fmt: skip
     for r in rows:
         lines.append(
-            f"| {r['device']} | {r['rows']:,} × {r['classes']:,} | {r['dtype']} | {r['provider']} "
+            f"| {r['run']} | {r['device']} | {r['rows']:,} × {r['classes']:,} | {r['dtype']} "
+            f"| {r['provider']} "
             f"| {r['median_ms']} ({r['p20_ms']}–{r['p80_ms']}) | {r['speedup_vs_eager']}× "
             f"| {r['speedup_vs_compile']}× | {r['extra_memory_mb']} ({r['gradient_mb']}) "
             f"| {r['gb_per_s']} | {r['share_of_copy_bandwidth']} "
@@ -170,6 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default=None, help="float32 on the CPU, bfloat16 on CUDA")
     parser.add_argument("--repeat", type=int, default=None, help="timed calls (5 CPU, 20 GPU)")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--runs", type=int, default=1, help="measure everything this many times (a VM drifts)"
+    )
     add_csv_option(parser, DOCS / "cross_entropy_<device>.csv")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
@@ -185,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     if csv_path is not None:
         write_csv(csv_path, rows, about(args.device))
     print(markdown(rows))
+    if args.runs > 1:
+        print(across_runs(rows))
 
 
 if __name__ == "__main__":
