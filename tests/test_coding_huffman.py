@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from crossent.coding.huffman import code_cost, huffman_code, questions, shannon_code
@@ -62,13 +62,22 @@ def test_huffman_is_optimal_prefix_free_and_within_a_bit_of_entropy(f: list[floa
 
 @settings(max_examples=200, deadline=None)
 @given(distributions.flatmap(lambda f: st.tuples(st.just(f), st.permutations(f))))
+@example(
+    (
+        [0.9999999999999996, 2.220446049250312e-16, 2.220446049250312e-16],
+        [2.220446049250312e-16, 0.9999999999999996, 2.220446049250312e-16],
+    )
+)
 def test_shannon_code_for_f_used_on_g_costs_the_cross_entropy(pair: tuple) -> None:
     f, g = pair  # same support (a permutation), so H(g, f) may be finite or +inf
     cost = code_cost(shannon_code(f), f, g)
     assert cost.expected == pytest.approx(cost.entropy + cost.divergence_to_code, abs=1e-9)
     if math.isfinite(cost.cross_entropy_to_model):
         assert cost.cross_entropy_to_model - 1e-9 <= cost.expected
-        assert cost.expected <= cost.cross_entropy_to_model + 1  # < in exact arithmetic
+        # < in exact arithmetic, but by as little as ⌈a⌉ − a for a = −log2 f_i just above an
+        # integer: f = [1 − 2ε, ε, ε] (ε just under 2^-52) used on g = f permuted is below by
+        # 6.5e-16, and H(g, f) in floats is off by 1e-14 (found by hypothesis)
+        assert cost.expected <= cost.cross_entropy_to_model + 1 + 1e-9
     else:
         assert cost.expected == math.inf
 
