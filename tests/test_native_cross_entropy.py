@@ -399,3 +399,46 @@ def test_long_rows_are_summed_as_exactly_as_torch_does_or_better(level) -> None:
     error = ((logits.grad[:, 1:].double() - exact).abs() / exact).max().item()
     assert error < (5e-6 if level is not None else 1e-4)
     assert ran_native(level)
+
+
+# ---- the threads ----
+
+
+def test_little_work_is_one_call_and_much_work_four_per_thread(monkeypatch) -> None:
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert _cpu._native_rows_per_call(256, 10) == 256  # 2,560 numbers: one call, no thread
+    assert _cpu._native_rows_per_call(4096, 32000) == 512  # 8 calls of 16 Mi numbers
+    assert _cpu._native_rows_per_call(64, 2048) == 32  # 2 calls of the fewest numbers
+    assert _cpu._native_rows_per_call(3, 10**7) == 1  # a row per call, however long
+
+
+def test_the_pool_is_kept_and_made_again_for_another_thread_count() -> None:
+    before = torch.get_num_threads()
+    first = _cpu._pool(2)
+    assert _cpu._pool(2) is first
+    try:
+        torch.set_num_threads(3)
+        logits, labels, _ = problem(64, 4096)
+        cross_entropy(logits, labels).item()
+        assert _cpu._Pool.workers == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.timeout(120)
+def test_a_forked_child_computes_the_loss_on_threads_of_its_own() -> None:
+    """The parent's pool threads do not exist in a forked child; a child that used the
+    parent's pool would wait for ever."""
+    import multiprocessing
+
+    logits, labels, _ = problem(512, 4096)
+    expected = cross_entropy(logits, labels).item()  # the parent's pool exists now
+    assert _cpu._Pool.executor is not None or torch.get_num_threads() == 1
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_loss_in_child, (logits, labels)).get(timeout=60)
+    assert got == expected
+
+
+def _loss_in_child(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    torch.set_num_threads(2)
+    return cross_entropy(logits, labels).item()

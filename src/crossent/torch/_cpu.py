@@ -34,6 +34,8 @@ the two dozen ops per chunk become three loops over each row while it is in the 
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,6 +55,7 @@ NATIVE_LEVEL: int | None = None if _native is None else _native.levels()[-1]
 this CPU runs; None where the kernel was not built, or to compute with torch ops instead."""
 CHUNK_ELEMENTS = 1 << 20  # numbers per chunk and thread: 4 MB of float32
 NATIVE_CHUNK_ELEMENTS = 1 << 24  # the most numbers per call of the compiled kernel
+NATIVE_CALL_MIN_ELEMENTS = 1 << 16  # the fewest (about 30 µs): less is not worth a thread
 CHUNK_ELEMENTS_ELSEWHERE = 1 << 26  # on a GPU (sharded, or without Triton): fewer launches
 GROUP_BYTES = 64 << 20  # on a shard: state held by the chunks that are combined at once
 GROUP_BYTES_ELSEWHERE = 1 << 30
@@ -221,10 +224,12 @@ def _native_rows(
 
 def _native_rows_per_call(rows: int, classes: int) -> int:
     """Rows per call of the compiled kernel: four calls per thread, so that the threads
-    finish together, of at most :data:`NATIVE_CHUNK_ELEMENTS` numbers. Larger calls are
+    finish together, of at most :data:`NATIVE_CHUNK_ELEMENTS` numbers and, where there is
+    little work, fewer calls of at least :data:`NATIVE_CALL_MIN_ELEMENTS`. Larger calls are
     faster (each call's first row is read before any arithmetic, the others while the row
     before them is computed): at 4096 × 32000, 44 ms with calls of 2^20 numbers, 39 with 2^24."""
-    calls = 4 * torch.get_num_threads()
+    work = rows * max(classes, 1)
+    calls = max(1, min(4 * torch.get_num_threads(), work // NATIVE_CALL_MIN_ELEMENTS))
     return max(1, min(NATIVE_CHUNK_ELEMENTS // max(classes, 1), -(-rows // calls)))
 
 
@@ -253,10 +258,38 @@ def on_threads(
         if len(items) == 1:
             with torch.no_grad():
                 return [work(items[0])]
-        with ThreadPoolExecutor(threads) as pool:
-            return list(pool.map(_without_grad(work), items))
+        return list(_pool(threads).map(_without_grad(work), items))
     finally:
         torch.set_num_threads(threads)
+
+
+class _Pool:
+    """The process's one thread pool, made on first use: starting threads for every call
+    cost milliseconds, more than a small loss takes."""
+
+    lock = threading.Lock()
+    executor: ThreadPoolExecutor | None = None
+    workers = 0
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """The pool, with ``threads`` workers (made again when that number changes)."""
+    with _Pool.lock:
+        if _Pool.executor is None or _Pool.workers != threads:
+            if _Pool.executor is not None:
+                _Pool.executor.shutdown(wait=False)
+            _Pool.executor = ThreadPoolExecutor(threads, thread_name_prefix="crossent")
+            _Pool.workers = threads
+        return _Pool.executor
+
+
+def _forget_pool() -> None:
+    """In a forked child: the parent's pool threads do not exist there."""
+    _Pool.lock = threading.Lock()
+    _Pool.executor, _Pool.workers = None, 0
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _without_grad(work: Callable[[_Item], _Result]) -> Callable[[_Item], _Result]:
