@@ -17,6 +17,7 @@ its global interpreter lock; elsewhere nothing is kept.
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 from typing import ClassVar
@@ -63,7 +64,7 @@ def empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     if dtype not in _NUMPY:
         return torch.empty(shape, dtype=dtype)
     numpy_dtype = np.dtype(_NUMPY[dtype])
-    size = numpy_dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    size = numpy_dtype.itemsize * math.prod(shape)
     if size < MIN_BYTES or not _EXACT:
         return torch.from_numpy(np.empty(shape, dtype=numpy_dtype))
     with _Kept.lock:
