@@ -31,8 +31,10 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import csv
 import functools
 import statistics
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -137,6 +139,49 @@ def across_runs(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """Each provider's median time in every run (dots) and over the runs (bar), log scale,
+    one panel per shape, with the median speed-ups against eager and torch.compile."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = list(dict.fromkeys((r["rows"], r["classes"]) for r in rows))
+    figure, axes = plt.subplots(1, len(shapes), figsize=(7.5 * len(shapes), 3.6), squeeze=False)
+    for axis, (n, c) in zip(axes[0], shapes, strict=True):
+        mine = [r for r in rows if (r["rows"], r["classes"]) == (n, c)]
+        providers = list(dict.fromkeys(r["provider"] for r in mine))[::-1]  # first on top
+        for y, provider in enumerate(providers):
+            theirs = [r for r in mine if r["provider"] == provider]
+            times = [r["median_ms"] for r in theirs]
+            colour = "C0" if provider.startswith("crossent") else "C7"
+            axis.barh(y, statistics.median(times), color=colour, alpha=0.35, height=0.6)
+            axis.plot(times, [y] * len(times), "o", color=colour, ms=4)
+            ratios = [
+                f"{statistics.median(r[f'speedup_vs_{a}'] for r in theirs):.1f}× {a}"
+                for a in ("eager", "compile")
+                if provider != a and all(r[f"speedup_vs_{a}"] != "" for r in theirs)
+            ]
+            axis.annotate(", ".join(ratios), (max(times), y), xytext=(6, 0), fontsize=8,
+                          textcoords="offset points", va="center")  # fmt: skip
+        axis.set_yticks(range(len(providers)), providers)
+        axis.set_xscale("log")
+        axis.set_xlim(right=axis.get_xlim()[1] * 4)  # room for the labels
+        runs = len({r["run"] for r in mine})
+        axis.set(xlabel="ms per forward + backward (dots: each run's median; bar: their median)",
+                 title=f"Cross entropy, {n:,} × {c:,} {mine[0]['dtype']}, {runs} runs")  # fmt: skip
+    first = rows[0]
+    figure.suptitle(
+        f"{first.get('device_name', '')}, {first.get('threads', '')} threads, torch "
+        f"{first.get('torch', '')}, {first.get('git_commit', '')}",
+        fontsize=8,
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    log(f"wrote {path}")
+
+
 def summary_row(
     args: argparse.Namespace,
     rows: int,
@@ -185,6 +230,16 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _number(text: str) -> int | float | str:
+    """A CSV cell as the int or float it was written from, else as it is."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -195,6 +250,14 @@ def main(argv: list[str] | None = None) -> None:
         "--runs", type=int, default=1, help="measure everything this many times (a VM drifts)"
     )
     add_csv_option(parser, DOCS / "cross_entropy_<device>.csv")
+    parser.add_argument(
+        "--plot", type=Path, default=None,
+        help="the PNG (default docs/benchmarks/cross_entropy_<device>.png; none with --quick)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--from-csv", type=Path, default=None,
+        help="measure nothing: tabulate and plot the runs of this CSV instead",
+    )  # fmt: skip
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--classes", type=int, help=argparse.SUPPRESS)
@@ -204,12 +267,21 @@ def main(argv: list[str] | None = None) -> None:
     if args.one:
         emit(measure(args.one, args.device, args.rows, args.classes, args.dtype, args.repeat))
         return
-    rows = rows_for(args)
-    csv_path = results_path(args, DOCS / f"cross_entropy_{args.device}.csv")
-    if csv_path is not None:
-        write_csv(csv_path, rows, about(args.device))
+    if args.from_csv is not None:
+        with args.from_csv.open(newline="") as file:
+            rows = [
+                {key: _number(value) for key, value in row.items()} for row in csv.DictReader(file)
+            ]
+    else:
+        rows = [{**row, **about(args.device)} for row in rows_for(args)]
+        csv_path = results_path(args, DOCS / f"cross_entropy_{args.device}.csv")
+        if csv_path is not None:
+            write_csv(csv_path, rows, {})
+    plot_path = args.plot or (None if args.quick else DOCS / f"cross_entropy_{args.device}.png")
+    if plot_path is not None:
+        plot(rows, plot_path)
     print(markdown(rows))
-    if args.runs > 1:
+    if len({row["run"] for row in rows}) > 1:
         print(across_runs(rows))
 
 
