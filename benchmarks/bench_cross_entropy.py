@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         if csv_path is not None:
             write_csv(csv_path, rows, {})
     plot_path = args.plot or (None if args.quick else DOCS / f"cross_entropy_{args.device}.png")
-    if plot_path is not None:
+    if plot_path is not None and importable("matplotlib"):  # the GPU machine may lack it
         plot(rows, plot_path)
     print(markdown(rows))
     if len({row["run"] for row in rows}) > 1:

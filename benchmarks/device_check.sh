@@ -49,5 +49,5 @@ run "$OUT/distributed_gloo.txt" python3 -m torch.distributed.run --standalone \
 for bench in cross_entropy linear_cross_entropy; do
     run "$OUT/bench_$bench.txt" python3 "benchmarks/bench_$bench.py" --device cuda
 done
-cp docs/benchmarks/*_cuda.csv "$OUT/" 2>/dev/null
+cp docs/benchmarks/*_cuda.csv docs/benchmarks/*_cuda.png "$OUT/" 2>/dev/null
 exit "$status"
