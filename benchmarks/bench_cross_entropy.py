@@ -273,7 +273,8 @@ def main(argv: list[str] | None = None) -> None:
                 {key: _number(value) for key, value in row.items()} for row in csv.DictReader(file)
             ]
     else:
-        rows = [{**row, **about(args.device)} for row in rows_for(args)]
+        machine = about(args.device)  # the same for every row: a git call and /proc, once
+        rows = [{**row, **machine} for row in rows_for(args)]
         csv_path = results_path(args, DOCS / f"cross_entropy_{args.device}.csv")
         if csv_path is not None:
             write_csv(csv_path, rows, {})
