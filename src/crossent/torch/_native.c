@@ -132,6 +132,12 @@ static inline __attribute__((always_inline)) Pass exp_pass_for(const float *x, c
                          : exp_pass(x, xn, g, w, n, m, 0, 2);
 }
 
+/* An ignored row i: loss 0 and a gradient row g (if any) of exact zeros, whatever its logits. */
+static inline void ignore(const Rows *a, int64_t i, float *g) {
+    a->loss[i] = 0.0f;
+    if (g) memset(g, 0, (size_t)a->classes * sizeof *g);
+}
+
 /* Row i, whose max is m: its loss (and log-sum-exp), and its gradient if asked; returns the
    max of the next row xn. */
 static inline __attribute__((always_inline)) float one_row(const Rows *a, int64_t i, float m,
@@ -142,8 +148,7 @@ static inline __attribute__((always_inline)) float one_row(const Rows *a, int64_
     const int64_t y = a->y[i];
     const int keep = y != a->ignore_index;
     if (!keep && !a->lse) {
-        a->loss[i] = 0.0f;
-        if (g) memset(g, 0, (size_t)n * sizeof *g);
+        ignore(a, i, g);
         return row_max(xn, n);
     }
     const float *w = a->weight;
@@ -153,8 +158,7 @@ static inline __attribute__((always_inline)) float one_row(const Rows *a, int64_
     const double log_s = log(pass.s), lse = (double)m + log_s;
     if (a->lse) a->lse[i] = (float)lse;
     if (!keep) {
-        a->loss[i] = 0.0f;
-        if (g) memset(g, 0, (size_t)n * sizeof *g);
+        ignore(a, i, g);
         return pass.next_max;
     }
     const double eps = a->eps, w_y = w ? (double)w[y] : 1.0, share = eps / (double)n;
