@@ -23,9 +23,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from crossent.torch import _cpu, cross_entropy, linear_cross_entropy
+from crossent.torch import _torch_ops, cross_entropy, linear_cross_entropy
 from crossent.torch.distributed import (
     WorkerError,
+    _sharded,
     launch,
     report,
     vocab_parallel_cross_entropy,
@@ -178,7 +179,10 @@ def _rank_results(rank: int, world: int, cases: list[Case], tiny_chunks: bool) -
     """In a worker: every case on this rank's slice of the classes; with ``tiny_chunks``,
     chunks of a few rows combined in groups of a few chunks."""
     if tiny_chunks:
-        _cpu.CHUNK_ELEMENTS, _cpu.GROUP_BYTES = 24, 3 * 24 * 8  # 2–24 rows, 3 chunks a group
+        _torch_ops.CHUNK_ELEMENTS, _sharded.GROUP_BYTES = (
+            24,
+            3 * 24 * 8,
+        )  # 2–24 rows, 3 chunks a group
     results = []
     for case in cases:
         cuts = CUTS[(world, case.classes)]
@@ -303,14 +307,13 @@ def test_low_memory_is_refused_on_a_shard() -> None:
 
 
 def _low_memory_shard(rank: int, world: int) -> None:
-    from crossent.torch._cpu import Options
+    from crossent.torch._head_loss import Head, HeadPlan, head_loss_of
+    from crossent.torch._spec import LossOptions
     from crossent.torch.distributed.vocab_parallel import class_shard
-    from crossent.torch.linear_cross_entropy import Head, head_loss_of
 
     shard = class_shard(3, 4, torch.device("cpu"), None)
-    options = Options(None, -100, 0.0, 0.0, None, shard=shard)
     head = Head(torch.randn(4, 2), torch.randn(3, 2), None, torch.zeros(4, dtype=torch.long))
-    head_loss_of(head, options, "mean", math.e, None, True, torch.float32, False)
+    head_loss_of(head, LossOptions(), HeadPlan(low_memory=True), shard)
 
 
 # --- the launcher: results, messages, and failures that must not hang the suite ---

@@ -14,11 +14,26 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crossent.torch import _cpu, _reuse, cross_entropy, cross_entropy_reference, empty_cache
-from crossent.torch._cpu import Options
+from crossent.torch import (
+    _native_rows,
+    _pool,
+    _reuse,
+    _torch_ops,
+    cross_entropy,
+    cross_entropy_reference,
+    empty_cache,
+)
+from crossent.torch._dispatch import rows_kernel
+from crossent.torch._spec import LossOptions as Options
 
-LEVELS = [] if _cpu._native is None else _cpu._native.levels()
+LEVELS = [] if _native_rows._native is None else _native_rows._native.levels()
 INF = math.inf
+
+
+def loss_and_grad(logits, target, options, grad_scale, grad, lse=None):
+    """The pass the dispatch rule picks: the compiled kernel where it runs, else torch ops."""
+    kernel = rows_kernel(logits, target, options, grad)
+    return kernel(logits, target, options, grad_scale, grad, lse)
 
 
 class CountingKernel:
@@ -41,14 +56,14 @@ class CountingKernel:
 def level(request, monkeypatch) -> int | None:
     """Run the test with the torch-ops pass (None) or the compiled kernel at this level;
     the kernel's calls are counted, so a test can check it really ran."""
-    monkeypatch.setattr(_cpu, "NATIVE_LEVEL", request.param)
-    if _cpu._native is not None:
-        monkeypatch.setattr(_cpu, "_native", CountingKernel(_cpu._native))
+    monkeypatch.setattr(_native_rows, "NATIVE_LEVEL", request.param)
+    if _native_rows._native is not None:
+        monkeypatch.setattr(_native_rows, "_native", CountingKernel(_native_rows._native))
     return request.param
 
 
 def ran_native(level: int | None) -> bool:
-    calls = getattr(_cpu._native, "calls", 0)
+    calls = getattr(_native_rows._native, "calls", 0)
     return calls > 0 if level is not None else calls == 0
 
 
@@ -56,9 +71,11 @@ def test_the_kernel_is_built_where_there_is_a_c_compiler() -> None:
     compiler = shlex.split(sysconfig.get_config_var("CC") or "cc")[0]
     if shutil.which(compiler) is None:
         pytest.skip(f"no C compiler ({compiler}): crossent computes with torch ops")
-    assert _cpu._native is not None, "the C extension was not built: `pip install -e .` again"
+    assert _native_rows._native is not None, (
+        "the C extension was not built: `pip install -e .` again"
+    )
     assert LEVELS[0] == 0
-    assert LEVELS[-1] == _cpu.NATIVE_LEVEL
+    assert LEVELS[-1] == _native_rows.NATIVE_LEVEL
 
 
 def problem(rows: int, classes: int, seed: int = 0):
@@ -177,11 +194,11 @@ def test_strided_rows_row_factors_and_log_sum_exps(level) -> None:
     for source in (logits.clone(), strided):
         grad = torch.full((30, 61), math.nan)[:, 3:53]
         lse = torch.empty(30)
-        losses.append(_cpu.loss_and_grad(source, labels, options, factor, grad, lse))
+        losses.append(loss_and_grad(source, labels, options, factor, grad, lse))
         grads.append(grad)
         lses.append(lse)
     in_place = strided.clone()
-    losses.append(_cpu.loss_and_grad(in_place, labels, options, factor, in_place))
+    losses.append(loss_and_grad(in_place, labels, options, factor, in_place))
     grads.append(in_place)
     for other in (1, 2):
         torch.testing.assert_close(losses[other], losses[0], rtol=0, atol=0)
@@ -203,7 +220,7 @@ def test_a_bad_label_past_the_checks_is_refused_not_read(level) -> None:
         else (ValueError, r"got 7 at position \(2,\)")
     )
     with pytest.raises(refusal[0], match=refusal[1]):
-        _cpu.loss_and_grad(logits, labels, Options(None, -100, 0.0, 0.0, None), None, None)
+        loss_and_grad(logits, labels, Options(None, -100, 0.0, 0.0, None), None, None)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -211,8 +228,8 @@ def test_chunks_and_threads_change_no_bit(level, monkeypatch, threads) -> None:
     logits, labels, weight = problem(37, 300, seed=9)
     options = {"weight": weight, "label_smoothing": 0.1, "reduction": "none"}
     whole = value_and_grad(cross_entropy, logits, labels, **options)
-    monkeypatch.setattr(_cpu, "CHUNK_ELEMENTS", 4 * 300)
-    monkeypatch.setattr(_cpu, "NATIVE_CHUNK_ELEMENTS", 4 * 300)
+    monkeypatch.setattr(_torch_ops, "CHUNK_ELEMENTS", 4 * 300)
+    monkeypatch.setattr(_native_rows, "NATIVE_CHUNK_ELEMENTS", 4 * 300)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -248,11 +265,11 @@ def test_every_level_equals_the_torch_ops_pass(
     }
     results = {}
     for level in [None, *LEVELS]:
-        before, _cpu.NATIVE_LEVEL = _cpu.NATIVE_LEVEL, level
+        before, _native_rows.NATIVE_LEVEL = _native_rows.NATIVE_LEVEL, level
         try:
             results[level] = value_and_grad(cross_entropy, logits, labels, **options)
         finally:
-            _cpu.NATIVE_LEVEL = before
+            _native_rows.NATIVE_LEVEL = before
     for level in LEVELS:
         for a, b in zip(results[level], results[None], strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
@@ -406,21 +423,21 @@ def test_long_rows_are_summed_as_exactly_as_torch_does_or_better(level) -> None:
 
 def test_little_work_is_one_call_and_much_work_four_per_thread(monkeypatch) -> None:
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert _cpu._native_rows_per_call(256, 10) == 256  # 2,560 numbers: one call, no thread
-    assert _cpu._native_rows_per_call(4096, 32000) == 512  # 8 calls of 16 Mi numbers
-    assert _cpu._native_rows_per_call(64, 2048) == 32  # 2 calls of the fewest numbers
-    assert _cpu._native_rows_per_call(3, 10**7) == 1  # a row per call, however long
+    assert _native_rows._native_rows_per_call(256, 10) == 256  # 2,560 numbers: one call, no thread
+    assert _native_rows._native_rows_per_call(4096, 32000) == 512  # 8 calls of 16 Mi numbers
+    assert _native_rows._native_rows_per_call(64, 2048) == 32  # 2 calls of the fewest numbers
+    assert _native_rows._native_rows_per_call(3, 10**7) == 1  # a row per call, however long
 
 
 def test_the_pool_is_kept_and_made_again_for_another_thread_count() -> None:
     before = torch.get_num_threads()
-    first = _cpu._pool(2)
-    assert _cpu._pool(2) is first
+    first = _pool._pool(2)
+    assert _pool._pool(2) is first
     try:
         torch.set_num_threads(3)
         logits, labels, _ = problem(64, 4096)
         cross_entropy(logits, labels).item()
-        assert _cpu._Pool.workers == 3
+        assert _pool._Pool.workers == 3
     finally:
         torch.set_num_threads(before)
 
@@ -433,7 +450,7 @@ def test_a_forked_child_computes_the_loss_on_threads_of_its_own() -> None:
 
     logits, labels, _ = problem(512, 4096)
     expected = cross_entropy(logits, labels).item()  # the parent's pool exists now
-    assert _cpu._Pool.executor is not None or torch.get_num_threads() == 1
+    assert _pool._Pool.executor is not None or torch.get_num_threads() == 1
     with multiprocessing.get_context("fork").Pool(1) as pool:
         got = pool.apply_async(_loss_in_child, (logits, labels)).get(timeout=60)
     assert got == expected

@@ -117,12 +117,12 @@ def test_a_large_vocabulary_row() -> None:
 @pytest.mark.parametrize("threads", [1, 2])
 def test_many_chunks_on_several_threads_give_the_one_chunk_answer(monkeypatch, threads) -> None:
     """The CPU pass splits rows into chunks run on a thread pool; the answer may not change."""
-    from crossent.torch import _cpu
+    from crossent.torch import _torch_ops
 
     logits, index, probs, weight = problem((37, 50), torch.float32, seed=3)
     options = {"weight": weight, "label_smoothing": 0.1, "z_loss": 1e-3, "reduction": "none"}
     whole = [value_and_grad(cross_entropy, logits, t, **options) for t in (index, probs)]
-    monkeypatch.setattr(_cpu, "CHUNK_ELEMENTS", 3 * 50)  # 13 chunks of 3 rows (the last 1)
+    monkeypatch.setattr(_torch_ops, "CHUNK_ELEMENTS", 3 * 50)  # 13 chunks of 3 rows (the last 1)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

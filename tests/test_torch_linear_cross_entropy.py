@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from crossent.torch import LinearCrossEntropy, _class_blocks, cross_entropy, linear_cross_entropy
-from crossent.torch.linear_cross_entropy import CHUNK_BYTES
+from crossent.torch._head_loss import CHUNK_BYTES
 
 
 def head(
@@ -344,8 +344,7 @@ def test_low_memory_needs_index_targets_without_class_weights() -> None:
 
 @pytest.fixture
 def class_blocks(monkeypatch):
-    """The PyTorch low-memory path (not Triton's interpreter), with tiny blocks of classes."""
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    """The PyTorch low-memory path, with tiny blocks of classes."""
     monkeypatch.setattr(_class_blocks, "BLOCK_BYTES", 5 * 8 * 4)  # 5 rows × 4 classes, float64
     monkeypatch.setattr(_class_blocks, "ROWS", 5)
 
@@ -381,7 +380,6 @@ def test_class_blocks_ignore_rows_exactly_even_with_huge_logits(class_blocks) ->
 def test_huge_class_counts_switch_to_blocks_of_classes(monkeypatch) -> None:
     """When even 8 rows of logits exceed the budget, the loss takes blocks of classes by
     itself: no tensor near the size of the logits, the same answer."""
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
     rows, dim, classes = 512, 16, 4000
     monkeypatch.setitem(CHUNK_BYTES, "cpu", 8 * classes * 4 - 1)  # 8 rows do not fit
     monkeypatch.setattr(_class_blocks, "BLOCK_BYTES", 64 << 10)
@@ -412,7 +410,6 @@ def test_any_blocks_of_classes_give_the_unfused_answer(
     hidden, weight, bias, _ = head(rows, dim, classes, seed=seed)
     labels = torch.randint(0, classes, (rows,), generator=torch.Generator().manual_seed(seed))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TRITON_INTERPRET", "0")
         patch.setattr(_class_blocks, "ROWS", block_rows)
         patch.setattr(_class_blocks, "BLOCK_BYTES", block_rows * block_classes * 8)
         ours = value_and_grads(

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")  # TRITON_INTERPRET=1 is set by conftest.py without a GPU
 
-from crossent.torch import _cpu, cross_entropy
+from crossent.torch import _torch_ops, cross_entropy
+from crossent.torch._spec import LossOptions as Options
 from crossent.torch._triton import cross_entropy as kernel
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -39,9 +40,11 @@ def test_kernel_matches_the_chunked_pass_on_every_option(classes: int) -> None:
     weight = torch.rand(classes, generator=torch.Generator().manual_seed(1)).to(DEVICE) + 0.1
     scale = torch.tensor(0.37, dtype=torch.float64)
     for w, eps, z, cap in itertools.product((None, weight), (0.0, 0.2), (0.0, 1e-2), (None, 2.0)):
-        options = _cpu.Options(w, -100, eps, z, cap)
+        options = Options(w, -100, eps, z, cap)
         expected_grad, grad = torch.empty_like(logits), torch.empty_like(logits)
-        expected = _cpu.loss_and_grad(logits.cpu(), labels.cpu(), options, scale, expected_grad)
+        expected = _torch_ops.loss_and_grad(
+            logits.cpu(), labels.cpu(), options, scale, expected_grad
+        )
         got = kernel.loss_and_grad(logits, labels, options, scale.to(DEVICE), grad)
         message = f"w={w is not None} eps={eps} z={z} softcap={cap}"
         torch.testing.assert_close(
@@ -66,10 +69,10 @@ def test_probability_kernel_matches_the_chunked_pass_on_every_option(classes: in
     weight = torch.rand(classes, generator=generator).to(DEVICE) + 0.1
     scale = torch.tensor([0.5, 1.0, 2.0, 0.0, 1.5], dtype=torch.float64)  # one per row
     for w, eps, z, cap in itertools.product((None, weight), (0.0, 0.2), (0.0, 1e-2), (None, 2.0)):
-        options = _cpu.Options(w, -100, eps, z, cap)
+        options = Options(w, -100, eps, z, cap)
         expected_grad, grad = torch.empty_like(logits), torch.empty_like(logits)
         expected_lse, lse = torch.empty(5), torch.empty(5, device=DEVICE)
-        expected = _cpu.loss_and_grad(
+        expected = _torch_ops.loss_and_grad(
             logits.cpu(), target.cpu(), options, scale, expected_grad, expected_lse
         )
         got = kernel.loss_and_grad(logits, target, options, scale.to(DEVICE), grad, lse)
@@ -84,8 +87,8 @@ def test_strided_class_weights_are_read_by_their_values() -> None:
     logits, labels = rows(4, 30, seed=2)
     spread = torch.rand(60, generator=torch.Generator().manual_seed(4)).to(DEVICE) + 0.1
     every_other = spread[::2]  # a view with stride 2
-    options = _cpu.Options(every_other, -100, 0.1, 0.0, None)
-    expected = _cpu.loss_and_grad(logits.cpu(), labels.cpu(), options, None, None)
+    options = Options(every_other, -100, 0.1, 0.0, None)
+    expected = _torch_ops.loss_and_grad(logits.cpu(), labels.cpu(), options, None, None)
     got = kernel.loss_and_grad(logits, labels, options, None, None)
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-5, atol=1e-5, equal_nan=True)
 
@@ -94,7 +97,7 @@ def test_ignored_rows_are_exactly_zero_and_bad_labels_are_nan() -> None:
     logits = torch.tensor([[-math.inf, -math.inf, -math.inf], [1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
     labels = torch.tensor([-100, 3, 1])  # an ignored all −inf row, an out-of-range label
     grad = torch.empty_like(logits)
-    options = _cpu.Options(None, -100, 0.0, 0.0, None)
+    options = Options(None, -100, 0.0, 0.0, None)
     loss = kernel.loss_and_grad(logits.to(DEVICE), labels.to(DEVICE), options, None, grad)
     assert loss[0].item() == 0.0
     assert torch.equal(grad[0], torch.zeros(3))
@@ -110,11 +113,11 @@ def test_a_term_of_weight_zero_is_zero_even_at_minus_inf() -> None:
     labels = torch.tensor([1, 0])
     weight = torch.tensor([1.0, 0.0, 2.0])
     for eps in (0.0, 0.3):
-        options = _cpu.Options(weight.to(DEVICE), -100, eps, 0.0, None)
+        options = Options(weight.to(DEVICE), -100, eps, 0.0, None)
         grad, expected_grad = torch.empty_like(logits).to(DEVICE), torch.empty_like(logits)
         loss = kernel.loss_and_grad(logits.to(DEVICE), labels.to(DEVICE), options, None, grad)
-        expected = _cpu.loss_and_grad(
-            logits, labels, _cpu.Options(weight, -100, eps, 0.0, None), None, expected_grad
+        expected = _torch_ops.loss_and_grad(
+            logits, labels, Options(weight, -100, eps, 0.0, None), None, expected_grad
         )
         assert torch.isfinite(loss).all()
         assert torch.isfinite(grad).all()
@@ -126,8 +129,8 @@ def test_a_term_of_weight_zero_is_zero_even_at_minus_inf() -> None:
 def test_the_public_function_through_the_kernel(
     monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
 ) -> None:
-    api = importlib.import_module("crossent.torch.cross_entropy")  # the module, not the function
-    monkeypatch.setattr(api, "_use_triton", lambda _: True)
+    api = importlib.import_module("crossent.torch._dispatch")
+    monkeypatch.setattr(api, "uses_triton", lambda _: True)
     logits, labels = rows(6, 50, dtype)
     x = logits.clone().requires_grad_(True)
     loss = cross_entropy(x, labels, label_smoothing=0.1)
@@ -144,8 +147,8 @@ def test_the_public_function_through_the_kernel(
 
 
 def test_strided_labels_through_the_public_function(monkeypatch: pytest.MonkeyPatch) -> None:
-    api = importlib.import_module("crossent.torch.cross_entropy")
-    monkeypatch.setattr(api, "_use_triton", lambda _: True)
+    api = importlib.import_module("crossent.torch._dispatch")
+    monkeypatch.setattr(api, "uses_triton", lambda _: True)
     logits, labels = rows(5, 40, seed=6)
     spread = torch.stack([labels, torch.zeros_like(labels)], dim=1).reshape(-1)
     strided = spread[::2]  # the labels again, as a view with stride 2
@@ -187,8 +190,8 @@ def test_forward_and_backward_replay_inside_a_cuda_graph(reduction: str) -> None
 
 
 def test_probability_targets_through_the_public_function(monkeypatch: pytest.MonkeyPatch) -> None:
-    api = importlib.import_module("crossent.torch.cross_entropy")
-    monkeypatch.setattr(api, "_use_triton", lambda _: True)
+    api = importlib.import_module("crossent.torch._dispatch")
+    monkeypatch.setattr(api, "uses_triton", lambda _: True)
     used = []
     original = kernel.loss_and_grad
     monkeypatch.setattr(

@@ -16,11 +16,19 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 
 from crossent.torch import linear_cross_entropy
-from crossent.torch._cpu import Options
+from crossent.torch._spec import LossOptions as Options
 from crossent.torch._triton import linear_cross_entropy as tiles
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+@pytest.fixture(autouse=True)
+def _tiles_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The low-memory mode takes the Triton tiles on CPU tensors too (the interpreter)."""
+    from crossent.torch import _head_loss
+
+    monkeypatch.setattr(_head_loss, "head_tiles", lambda hidden: tiles)
 
 
 def head(rows: int, dim: int, classes: int, seed: int = 0):

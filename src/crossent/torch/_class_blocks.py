@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from crossent.torch._cpu import Options
+from crossent.torch._spec import LossOptions, compute_dtype
 
 ROWS = 256  # rows per chunk: enough for an efficient matrix product on the CPU
 BLOCK_BYTES = 32 << 20  # one block of logits at a time, at most
@@ -36,11 +36,11 @@ def forward(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     target: torch.Tensor,
-    options: Options,
+    options: LossOptions,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Row losses in nats and log-sum-exps, holding at most :data:`BLOCK_BYTES` of logits."""
     rows, classes = hidden.shape[0], weight.shape[0]
-    compute = _compute(hidden)
+    compute = compute_dtype(hidden.dtype)
     parts = torch.zeros(1, 4, rows, dtype=compute, device=hidden.device)
     parts[0, 0] = -math.inf
     for start, stop in _ranges(rows, ROWS):
@@ -61,7 +61,7 @@ def forward(
 
 
 def row_losses(
-    parts: torch.Tensor, target: torch.Tensor, options: Options, classes: int
+    parts: torch.Tensor, target: torch.Tensor, options: LossOptions, classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Losses and log-sum-exps from partial sums over splits of the classes.
 
@@ -87,13 +87,13 @@ def gradients(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     target: torch.Tensor,
-    options: Options,
+    options: LossOptions,
     lse: torch.Tensor,
     grad_scale: torch.Tensor,
     wants: tuple[bool, ...],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """∂h, ∂W, ∂b (those in ``wants``) in the compute dtype, each row's times ``grad_scale``."""
-    rows, classes, compute = hidden.shape[0], weight.shape[0], _compute(hidden)
+    rows, classes, compute = hidden.shape[0], weight.shape[0], compute_dtype(hidden.dtype)
     d_h, d_w, d_b = gradient_sums(hidden, weight, bias, wants, compute)
     eps, keep = options.label_smoothing, target != options.ignore_index
     factor = torch.where(keep, grad_scale.to(compute), 0.0)  # 0-d or (N,) → (N,)
@@ -144,7 +144,7 @@ def _logits(
     bias: torch.Tensor | None,
     first: int,
     last: int,
-    options: Options,
+    options: LossOptions,
     compute: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One block's logits in the compute dtype, soft-capped, and tanh(x / s) when capped."""
@@ -155,10 +155,6 @@ def _logits(
         return x, None
     capped = torch.tanh(x / options.softcap)
     return capped * options.softcap, capped
-
-
-def _compute(tensor: torch.Tensor) -> torch.dtype:
-    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
 
 
 def _block(rows: int, dtype: torch.dtype) -> int:

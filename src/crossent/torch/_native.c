@@ -29,6 +29,7 @@
 #include <Python.h>
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -235,38 +236,43 @@ static PyObject *levels(PyObject *self, PyObject *unused) {
     return out;
 }
 
+/* layout() -> ((name, offset, size) for each field of Rows, in order), sizeof(Rows):
+   _native_rows.py builds the same struct with ctypes and checks it against this at import. */
+#define FIELD(name) #name, (Py_ssize_t)offsetof(Rows, name), (Py_ssize_t)sizeof(((Rows *)0)->name)
+static PyObject *layout(PyObject *self, PyObject *unused) {
+    (void)self, (void)unused;
+    return Py_BuildValue("((snn)(snn)(snn)(snn)(snn)(snn)(snn)(snn)"
+                         "(snn)(snn)(snn)(snn)(snn)(snn)(snn)(snn))n",
+                         FIELD(x), FIELD(x_ld), FIELD(out), FIELD(out_ld), FIELD(y), FIELD(rows),
+                         FIELD(classes), FIELD(weight), FIELD(total_weight), FIELD(ignore_index),
+                         FIELD(eps), FIELD(z), FIELD(scale), FIELD(scale_step), FIELD(loss),
+                         FIELD(lse), (Py_ssize_t)sizeof(Rows));
+}
+
+/* index_rows(address, level): the rows described by the Rows struct at `address`. */
 static PyObject *index_rows(PyObject *self, PyObject *args) {
     (void)self;
-    unsigned long long x, out, y, weight, scale, loss, lse;
-    Rows a;
+    unsigned long long address;
     int level;
-    if (!PyArg_ParseTuple(args, "KLKLKLLKdLddKLKKi", &x, &a.x_ld, &out, &a.out_ld, &y, &a.rows,
-                          &a.classes, &weight, &a.total_weight, &a.ignore_index, &a.eps, &a.z,
-                          &scale, &a.scale_step, &loss, &lse, &level))
-        return NULL;
+    if (!PyArg_ParseTuple(args, "Ki", &address, &level)) return NULL;
     if (level < 0 || level >= LEVELS || !supported(level)) {
         PyErr_Format(PyExc_ValueError, "level must be one of levels(), got %d", level);
         return NULL;
     }
-    a.x = (const float *)(uintptr_t)x;
-    a.out = (float *)(uintptr_t)out;
-    a.y = (const int64_t *)(uintptr_t)y;
-    a.weight = (const float *)(uintptr_t)weight;
-    a.scale = (const float *)(uintptr_t)scale;
-    a.loss = (float *)(uintptr_t)loss;
-    a.lse = (float *)(uintptr_t)lse;
+    const Rows *a = (const Rows *)(uintptr_t)address;
     int64_t bad;
-    Py_BEGIN_ALLOW_THREADS bad = KERNELS[level](&a);
+    Py_BEGIN_ALLOW_THREADS bad = KERNELS[level](a);
     Py_END_ALLOW_THREADS return PyLong_FromLongLong(bad);
 }
 
 static PyMethodDef METHODS[] = {
     {"levels", levels, METH_NOARGS,
      "levels() -> list[int]: the instruction-set levels this CPU runs, best last."},
+    {"layout", layout, METH_NOARGS,
+     "layout() -> (((name, offset, size) of each field of struct Rows, ...), sizeof(Rows))."},
     {"index_rows", index_rows, METH_VARARGS,
-     "index_rows(x, x_ld, out, out_ld, y, rows, classes, weight, total_weight, ignore_index,\n"
-     "eps, z, scale, scale_step, loss, lse, level) -> int: losses (and gradient) of float32\n"
-     "rows with int64 labels, from raw pointers (0 for none); -1, or the first bad label's row."},
+     "index_rows(address, level) -> int: losses (and gradient) of the float32 rows with int64\n"
+     "labels that the struct Rows at `address` describes; -1, or the first bad label's row."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -16,10 +16,11 @@ the examples not ignored (index targets; 0 when all are ignored) or by the numbe
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 
-from crossent._checks import Reduction
+Reduction = Literal["none", "sum", "mean"]
 
 
 def cross_entropy_reference(
@@ -51,7 +52,7 @@ def cross_entropy_reference(
             log_p, target.reshape(-1), w, ignore_index, label_smoothing
         )
     row = torch.where(keep, row + z_loss * lse**2, 0.0)
-    return reduce_rows(row, denominator, reduction, logits, target) / math.log(base)
+    return _reduce(row, denominator, reduction, logits, target) / math.log(base)
 
 
 def _rows(tensor: torch.Tensor) -> torch.Tensor:
@@ -80,7 +81,7 @@ def _probability_rows(
     return -terms.sum(dim=-1), torch.tensor(float(log_p.shape[0]), dtype=torch.float64)
 
 
-def reduce_rows(
+def _reduce(
     row: torch.Tensor,
     denominator: torch.Tensor,
     reduction: Reduction,
@@ -90,7 +91,7 @@ def reduce_rows(
     """Per-example losses ``row`` in the target's layout ("none"), summed, or their mean over
     ``denominator`` (0 when it is 0), in the losses' dtype."""
     if reduction == "none":
-        shape = target.shape if not target.is_floating_point() else example_shape(logits)
+        shape = target.shape if not target.is_floating_point() else _example_shape(logits)
         return row.reshape(shape)
     total = row.sum()
     if reduction == "sum":
@@ -98,6 +99,6 @@ def reduce_rows(
     return torch.where(denominator == 0, 0.0, total / denominator).to(total.dtype)
 
 
-def example_shape(logits: torch.Tensor) -> torch.Size:
+def _example_shape(logits: torch.Tensor) -> torch.Size:
     """The shape of one loss per example: the logits' without the class dimension."""
     return logits.shape[:1] + logits.shape[2:] if logits.dim() > 1 else torch.Size([])

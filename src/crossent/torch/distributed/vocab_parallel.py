@@ -30,10 +30,11 @@ from typing import Any, TypeVar, cast
 import torch
 import torch.distributed as dist
 
-from crossent._checks import Reduction, check_base, check_reduction
-from crossent.torch._cpu import Options, Sums
-from crossent.torch.cross_entropy import check_logits_options, loss_of
-from crossent.torch.linear_cross_entropy import Head, check_head_options, head_loss_of
+from crossent._checks import Reduction
+from crossent.torch._head_loss import Head, HeadPlan, check_head, head_loss_of
+from crossent.torch._logits_loss import check_logits, loss_of
+from crossent.torch._spec import LossOptions
+from crossent.torch._torch_ops import Sums
 
 _Function = TypeVar("_Function", bound=Callable[..., Any])
 
@@ -75,13 +76,12 @@ class ClassShard:
         dist.all_reduce(tensor, group=self.group)
 
 
-def _check_here(reduction: Reduction, base: float, check: Callable[[], object]) -> None:
-    """What each rank can check alone, before the first collective: a rank that raised after
-    it would leave the others waiting there. (Class weights and labels are checked after it,
-    against all classes; they are the same on every rank, so every rank raises alike.)"""
-    check_reduction(reduction)
-    check_base(base)
-    check()
+def _unweighted(options: LossOptions) -> LossOptions:
+    """What each rank can check alone, before the first collective (a rank that raised after
+    it would leave the others waiting there): the options without the class weights, which
+    are checked after it against all classes (they are the same on every rank, so every rank
+    raises alike)."""
+    return replace(options, weight=None)
 
 
 def class_shard(local_classes: int, rows: int, device: torch.device, group: Any) -> ClassShard:
@@ -142,11 +142,10 @@ def vocab_parallel_cross_entropy(
     shape = local_logits.shape
     classes = shape[1] if len(shape) > 1 else shape[0]
     rows = shape[0] * math.prod(shape[2:]) if len(shape) > 1 else 1
-    options = Options(None, ignore_index, float(label_smoothing), float(z_loss), softcap)
-    _check_here(reduction, base, lambda: check_logits_options(local_logits, target, options))
+    options = LossOptions(weight, ignore_index, label_smoothing, z_loss, softcap, reduction, base)
+    check_logits(local_logits, target, _unweighted(options))
     shard = class_shard(classes, rows, local_logits.device, group)
-    options = replace(options, weight=weight, shard=shard)
-    return loss_of(local_logits, target, options, reduction, base)
+    return loss_of(local_logits, target, options, shard=shard)
 
 
 @_not_compiled
@@ -179,11 +178,12 @@ def vocab_parallel_linear_cross_entropy(
     The chunked mode only: ``low_memory`` is a single-process mode.
     """
     rows = math.prod(hidden.shape[:-1])
-    options = Options(None, ignore_index, float(label_smoothing), float(z_loss), softcap)
-    head = Head(hidden, local_weight, local_bias, target)
-    _check_here(reduction, base, lambda: check_head_options(head, options))
-    shard = class_shard(local_weight.shape[0], rows, hidden.device, group)
-    options = replace(options, weight=class_weight, shard=shard)
-    return head_loss_of(
-        head, options, reduction, base, chunk_size, False, weight_grad_dtype, return_lse
+    options = LossOptions(
+        class_weight, ignore_index, label_smoothing, z_loss, softcap, reduction, base
     )
+    head = Head(hidden, local_weight, local_bias, target)
+    plan = HeadPlan(chunk_size, False, weight_grad_dtype)
+    check_head(head, _unweighted(options))
+    shard = class_shard(local_weight.shape[0], rows, hidden.device, group)
+    loss, lse = head_loss_of(head, options, plan, shard)
+    return (loss, lse) if return_lse else loss

@@ -1,0 +1,170 @@
+"""The compiled CPU kernel's side in Python: which calls it takes, and the struct it reads.
+
+``_native.c`` computes the common case — float32 rows of unit column stride on the CPU,
+index targets, no soft-capping, one process — with the formulas of
+:mod:`crossent.torch._torch_ops`, three loops over each row while it is in the core's cache.
+A call describes its rows by one ``struct Rows`` (:class:`_Rows`, checked field by field
+against the C struct at import), a chunk of rows per call on the thread pool (the kernel
+releases the GIL).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from crossent._checks import check_index_range
+from crossent.torch._pool import on_threads
+from crossent.torch._spec import LossOptions
+
+try:
+    from crossent.torch import _native
+except ImportError:  # built without a C compiler: the torch ops compute the same
+    _native = None  # type: ignore[assignment]
+
+NATIVE_LEVEL: int | None = None if _native is None else _native.levels()[-1]
+"""The instruction-set level of the compiled kernel (0 baseline, 1 AVX2, 2 AVX-512): the best
+this CPU runs; None where the kernel was not built, or to compute with torch ops instead."""
+NATIVE_CHUNK_ELEMENTS = 1 << 24  # the most numbers per call of the compiled kernel
+NATIVE_CALL_MIN_ELEMENTS = 1 << 16  # the fewest (about 30 µs): less is not worth a thread
+
+
+class _Rows(ctypes.Structure):
+    """``struct Rows`` of ``_native.c``: addresses (0 for none) and the loss's numbers."""
+
+    _fields_ = [
+        ("x", ctypes.c_void_p),  # rows × x_ld floats
+        ("x_ld", ctypes.c_int64),
+        ("out", ctypes.c_void_p),  # the gradient, rows × out_ld; may be x
+        ("out_ld", ctypes.c_int64),
+        ("y", ctypes.c_void_p),  # int64 labels
+        ("rows", ctypes.c_int64),
+        ("classes", ctypes.c_int64),
+        ("weight", ctypes.c_void_p),  # float32 class weights
+        ("total_weight", ctypes.c_double),
+        ("ignore_index", ctypes.c_int64),
+        ("eps", ctypes.c_double),
+        ("z", ctypes.c_double),
+        ("scale", ctypes.c_void_p),  # the gradient factor of row i: scale[i * scale_step]
+        ("scale_step", ctypes.c_int64),
+        ("loss", ctypes.c_void_p),  # float32, rows
+        ("lse", ctypes.c_void_p),  # float32, rows
+    ]
+
+
+def _ctypes_layout() -> tuple[tuple[tuple[str, int, int], ...], int]:
+    fields = tuple(
+        (name, getattr(_Rows, name).offset, getattr(_Rows, name).size)
+        for name, *_ in _Rows._fields_
+    )
+    return fields, ctypes.sizeof(_Rows)
+
+
+if _native is not None and _native.layout() != _ctypes_layout():
+    raise ImportError(
+        "crossent.torch._native was built from another struct Rows than _native_rows.py "
+        f"describes: C {_native.layout()}, Python {_ctypes_layout()}; reinstall crossent"
+    )
+
+
+def native_available() -> bool:
+    """Whether the compiled CPU kernel was built (with a C compiler at install time). Without
+    it, float32 losses on the CPU are computed by torch ops: the same numbers, about 3× slower.
+
+    >>> isinstance(native_available(), bool)
+    True
+    """
+    return _native is not None
+
+
+def runs(
+    logits: torch.Tensor, target: torch.Tensor, options: LossOptions, grad: torch.Tensor | None
+) -> bool:
+    """Whether the compiled kernel computes this: float32 rows of unit column stride on the
+    CPU, index targets, no soft-capping, and a gradient (if any) whose rows do not overlap."""
+    return (
+        NATIVE_LEVEL is not None
+        and logits.device.type == "cpu"
+        and logits.dtype == torch.float32
+        and (logits.shape[1] <= 1 or logits.stride(1) == 1)
+        and not target.is_floating_point()
+        and options.softcap is None
+        and (grad is None or _separate_rows(grad))
+    )
+
+
+def _separate_rows(grad: torch.Tensor) -> bool:
+    """A float32 gradient whose rows do not overlap (an expanded tensor's may: the C kernel
+    would read what it wrote, from several threads)."""
+    classes = grad.shape[1]
+    return (
+        grad.dtype == torch.float32
+        and (classes <= 1 or grad.stride(1) == 1)
+        and grad.stride(0) >= classes
+    )
+
+
+def loss_and_grad(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    options: LossOptions,
+    grad_scale: torch.Tensor | None,
+    grad: torch.Tensor | None,
+    lse: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`crossent.torch._torch_ops.loss_and_grad` by the compiled kernel (where
+    :func:`runs` says it may): float32 losses, a chunk of rows per call on the thread pool."""
+    assert _native is not None
+    assert NATIVE_LEVEL is not None
+    rows, classes = logits.shape
+    labels = target.to(torch.int64).contiguous()
+    if labels.shape != (rows,):  # the kernel reads one label per row
+        raise ValueError(f"one label per row of logits {tuple(logits.shape)}; got {labels.shape}")
+    weight = None if options.weight is None else options.weight.to(torch.float32).contiguous()
+    total_weight = float(classes) if weight is None else float(weight.sum())
+    scale = None if grad_scale is None else grad_scale.to(torch.float32).contiguous()
+    losses = torch.empty(rows, dtype=torch.float32)
+    row_lse = None if lse is None else torch.empty(rows, dtype=torch.float32)
+    step = _native_rows_per_call(rows, classes)
+    level = NATIVE_LEVEL
+
+    def run(start: int) -> int:
+        call = _Rows(
+            x=_at(logits, start), x_ld=_row_stride(logits), out=_at(grad, start),
+            out_ld=_row_stride(grad), y=_at(labels, start), rows=min(rows, start + step) - start,
+            classes=classes, weight=_at(weight, 0), total_weight=total_weight,
+            ignore_index=options.ignore_index, eps=options.label_smoothing, z=options.z_loss,
+            scale=_at(scale, start), scale_step=_row_stride(scale), loss=_at(losses, start),
+            lse=_at(row_lse, start),
+        )  # fmt: skip
+        return int(_native.index_rows(ctypes.addressof(call), level))
+
+    if any(bad >= 0 for bad in on_threads(run, range(0, rows, step), logits.device)):
+        check_index_range("target", labels, classes, options.ignore_index)  # raises
+    if lse is not None and row_lse is not None:
+        lse.copy_(row_lse)
+    return losses
+
+
+def _at(tensor: torch.Tensor | None, row: int) -> int:
+    """The address of ``tensor``'s row ``row`` (0 for no tensor; a 0-d tensor's own)."""
+    if tensor is None:
+        return 0
+    return tensor.data_ptr() + row * _row_stride(tensor) * tensor.element_size()
+
+
+def _native_rows_per_call(rows: int, classes: int) -> int:
+    """Rows per call of the compiled kernel: four calls per thread, so that the threads
+    finish together, of at most :data:`NATIVE_CHUNK_ELEMENTS` numbers and, where there is
+    little work, fewer calls of at least :data:`NATIVE_CALL_MIN_ELEMENTS`. Larger calls are
+    faster: each call's first row is read before any arithmetic, the others while the row
+    before them is computed (docs/benchmarks.md, "the CPU loss")."""
+    work = rows * max(classes, 1)
+    calls = max(1, min(4 * torch.get_num_threads(), work // NATIVE_CALL_MIN_ELEMENTS))
+    return max(1, min(NATIVE_CHUNK_ELEMENTS // max(classes, 1), -(-rows // calls)))
+
+
+def _row_stride(tensor: torch.Tensor | None) -> int:
+    """Elements from one row to the next; 0 for a 0-d tensor (one number for all rows)."""
+    return 0 if tensor is None or tensor.dim() == 0 else tensor.stride(0)

@@ -1,0 +1,109 @@
+"""Examples as rows: the layout every backend computes in, and the reductions over rows.
+
+Logits ``(N, C, d1, ...)`` hold N · d1 · … examples of C classes; the backends take them as
+rows ``(R, C)`` with unit column stride, index targets as ``(R,)`` int64 and probability
+targets as ``(R, C)``. A loss over rows is reduced per *segment*: R rows in ``segments``
+equal groups, each reduced apart (one group normally; one per vmapped slice under
+``torch.func.vmap``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from crossent._checks import Reduction
+from crossent.torch._spec import LossOptions
+
+
+def example_shape(logits: torch.Tensor) -> torch.Size:
+    """The shape of one loss per example: the logits' without the class dimension."""
+    return logits.shape[:1] + logits.shape[2:] if logits.dim() > 1 else torch.Size([])
+
+
+def classes_of(logits: torch.Tensor) -> int:
+    """C: the class dimension's size (dimension 1, or 0 for one example ``(C,)``)."""
+    return logits.shape[1] if logits.dim() > 1 else logits.shape[0]
+
+
+def as_rows(logits: torch.Tensor) -> torch.Tensor:
+    """(N, C, d1, ...) or (C,) → (N · d1 · …, C) with unit column stride (every kernel reads a
+    row's classes one after the other); a view where the layout allows, else a copy."""
+    if logits.dim() <= 2:
+        rows = logits.reshape(1, -1) if logits.dim() == 1 else logits
+    else:
+        count = math.prod(example_shape(logits))  # counted: a shard may hold no class
+        rows = logits.movedim(1, -1).reshape(count, logits.shape[1])
+    if rows.shape[1] > 1 and rows.stride(1) != 1:
+        rows = rows.contiguous()
+    return rows
+
+
+def from_rows(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The inverse of :func:`as_rows`: rows ``(R, C)`` in the logits' ``shape``."""
+    if len(shape) <= 2:
+        return rows.reshape(shape)
+    moved = (shape[0], *shape[2:], shape[1])
+    return rows.reshape(moved).movedim(-1, 1)
+
+
+def target_rows(target: torch.Tensor) -> torch.Tensor:
+    """Index targets as ``(R,)`` int64, contiguous (a kernel reads label i at offset i);
+    probability targets as rows, like the logits."""
+    if target.is_floating_point():
+        return as_rows(target)
+    return target.reshape(-1).contiguous()
+
+
+def denominators(target: torch.Tensor, options: LossOptions, segments: int = 1) -> torch.Tensor:
+    """What "mean" divides each segment's sum by, ``(segments,)`` float64: Σ w_y over its
+    examples not ignored (index targets ``(R,)``), or its number of rows (probability
+    targets ``(R, C)``)."""
+    rows = target.shape[0]
+    if target.is_floating_point():
+        return torch.full((segments,), rows / segments, dtype=torch.float64, device=target.device)
+    keep = target != options.ignore_index
+    if options.weight is None:
+        counted = keep.to(torch.float64)
+    else:
+        safe = torch.where(keep, target, 0)
+        weight = options.weight.to(target.device, torch.float64)
+        counted = torch.where(keep, weight[safe], 0.0)
+    return counted.reshape(segments, -1).sum(dim=1) if rows else counted.new_zeros(segments)
+
+
+def grad_factor(reduction: Reduction, denominator: torch.Tensor, scale: float) -> torch.Tensor:
+    """What every row's gradient is multiplied by, float64: the unit's ``scale`` (1 / ln base),
+    over the mean's ``denominator`` of the row's segment (0 where that is 0). A 0-d tensor for
+    one segment, else one factor per segment."""
+    if reduction != "mean":
+        # made on the device (a fill, not a copy from the host: CUDA graphs can capture it)
+        full = torch.full((), scale, dtype=torch.float64, device=denominator.device)
+        return full if denominator.numel() == 1 else full.expand(denominator.shape)
+    factor = torch.where(denominator == 0, 0.0, scale / denominator)
+    return factor[0] if factor.numel() == 1 else factor
+
+
+def per_row(factor: torch.Tensor, rows: int) -> torch.Tensor:
+    """A factor per segment ``(segments,)`` as one per row ``(rows,)``; a 0-d factor as is."""
+    if factor.dim() == 0:
+        return factor
+    return factor.repeat_interleave(rows // max(factor.numel(), 1))
+
+
+def reduce_rows(
+    losses: torch.Tensor, denominator: torch.Tensor, reduction: Reduction
+) -> torch.Tensor:
+    """Row losses ``(R,)`` summed per segment, or their mean over each segment's
+    ``denominator`` (0 where it is 0): ``(segments,)``, or 0-d for one segment. "none" keeps
+    them as they are."""
+    if reduction == "none":
+        return losses
+    segments = denominator.numel()
+    total = (
+        losses.reshape(segments, -1).sum(dim=1) if losses.numel() else losses.new_zeros(segments)
+    )
+    if reduction == "mean":
+        total = torch.where(denominator == 0, 0.0, total / denominator).to(total.dtype)
+    return total[0] if segments == 1 else total
