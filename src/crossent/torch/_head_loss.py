@@ -625,8 +625,9 @@ def _linear_cross_entropy_pass(
         head, options, call, grad_scale if has_grad_scale else None, tuple(wants),
         lse if has_lse else None,
     )  # fmt: skip
-    empty = hidden.new_empty(0)
-    grad_h, grad_w, grad_b, grad_t = (empty if g is None else g for g in result.gradients())
+    grad_h, grad_w, grad_b, grad_t = (  # an empty tensor of its own for each missing one
+        hidden.new_empty(0) if g is None else g for g in result.gradients()
+    )
     row_lse = result.lse.clone() if result.lse is lse else result.lse  # outputs alias no input
     return result.losses, row_lse, grad_h, grad_w, grad_b, grad_t
 
