@@ -182,7 +182,7 @@ def test_vmap_of_the_linear_head_equals_the_loop() -> None:
     weight = torch.randn(6, 3, generator=generator)
     y = torch.randint(0, 6, (2, 4), generator=generator)
     for reduction in REDUCTIONS:
-        batched = vmap(lambda h, t: linear_cross_entropy(h, weight, t, reduction=reduction))(
+        batched = vmap(lambda h, t, r=reduction: linear_cross_entropy(h, weight, t, reduction=r))(
             hidden, y
         )
         loop = torch.stack(
