@@ -307,7 +307,8 @@ def test_low_memory_is_refused_on_a_shard() -> None:
 
 
 def _low_memory_shard(rank: int, world: int) -> None:
-    from crossent.torch._head_loss import Head, HeadPlan, head_loss_of
+    from crossent.torch._head_loss import head_loss_of
+    from crossent.torch._head_pass import Head, HeadPlan
     from crossent.torch._spec import LossOptions
     from crossent.torch.distributed.vocab_parallel import class_shard
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from crossent.torch import LinearCrossEntropy, _class_blocks, cross_entropy, linear_cross_entropy
-from crossent.torch._head_loss import CHUNK_BYTES
+from crossent.torch._head_pass import CHUNK_BYTES
 
 
 def head(

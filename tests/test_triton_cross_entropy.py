@@ -41,7 +41,7 @@ def test_kernel_matches_the_chunked_pass_on_every_option(classes: int) -> None:
     scale = torch.tensor(0.37, dtype=torch.float64)
     for w, eps, z, cap in itertools.product((None, weight), (0.0, 0.2), (0.0, 1e-2), (None, 2.0)):
         options = Options(w, -100, eps, z, cap)
-        expected_grad, grad = torch.empty_like(logits), torch.empty_like(logits)
+        expected_grad, grad = torch.empty(logits.shape), torch.empty_like(logits)
         expected = _torch_ops.loss_and_grad(
             logits.cpu(), labels.cpu(), options, scale, expected_grad
         )
@@ -70,7 +70,7 @@ def test_probability_kernel_matches_the_chunked_pass_on_every_option(classes: in
     scale = torch.tensor([0.5, 1.0, 2.0, 0.0, 1.5], dtype=torch.float64)  # one per row
     for w, eps, z, cap in itertools.product((None, weight), (0.0, 0.2), (0.0, 1e-2), (None, 2.0)):
         options = Options(w, -100, eps, z, cap)
-        expected_grad, grad = torch.empty_like(logits), torch.empty_like(logits)
+        expected_grad, grad = torch.empty(logits.shape), torch.empty_like(logits)
         expected_lse, lse = torch.empty(5), torch.empty(5, device=DEVICE)
         expected = _torch_ops.loss_and_grad(
             logits.cpu(), target.cpu(), options, scale, expected_grad, expected_lse
@@ -209,3 +209,180 @@ def test_probability_targets_through_the_public_function(monkeypatch: pytest.Mon
     assert used, "the Triton kernel was not used"
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-6)
+
+
+# ---- what a GPU would break: layouts, float16 scaling, non-finite ignored rows, devices ----
+
+
+@pytest.fixture
+def through_triton(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The public functions take the Triton kernels whatever the device (the interpreter on
+    the CPU); returns a list that grows by one per kernel call."""
+    from crossent.torch import _dispatch
+
+    calls: list[int] = []
+    original = kernel.loss_and_grad
+    monkeypatch.setattr(_dispatch, "uses_triton", lambda tensor: tensor.dtype != torch.float64)
+    monkeypatch.setattr(
+        kernel, "loss_and_grad", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    return calls
+
+
+@pytest.mark.parametrize(
+    "shape", ["batch of one (1, C, d)", "every other class (C,)", "every other row"]
+)
+@pytest.mark.parametrize("inplace", [False, True])
+def test_logits_whose_classes_are_not_adjacent(through_triton, shape: str, inplace: bool) -> None:
+    """Views whose class stride is not 1 reach the kernel as rows of unit stride: (1, C, d)
+    logits of a batch of one and x[::2] gave 5.5169 for 3.0877 and 1.2963 for 2.9610."""
+    generator = torch.Generator().manual_seed(11)
+    if shape.startswith("batch"):
+        base = torch.randn(1, 5, 3, generator=generator)
+        target = torch.randint(0, 5, (1, 3), generator=generator)
+        view = lambda x: x  # noqa: E731
+    elif shape.startswith("every other class"):
+        base = torch.randn(10, generator=generator)
+        target = torch.tensor(2)
+        view = lambda x: x[::2]  # noqa: E731
+    else:
+        base = torch.randn(8, 6, generator=generator)
+        target = torch.randint(0, 6, (4,), generator=generator)
+        view = lambda x: x[::2]  # noqa: E731
+    results = []
+    for fn in (cross_entropy, F.cross_entropy):
+        x = base.clone().to(DEVICE).requires_grad_()
+        options = {"inplace_backward": True} if inplace and fn is cross_entropy else {}
+        loss = fn(view(x.clone() if inplace else x), target.to(DEVICE), reduction="sum", **options)
+        results.append((loss, *torch.autograd.grad(loss, x)))
+    assert through_triton
+    for ours, theirs in zip(*results, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def _autocast_gradient(logits: torch.Tensor, target: torch.Tensor, scale: float) -> torch.Tensor:
+    """What autocast and a GradScaler give: the loss in float32, its gradient times the scale
+    in float32, rounded once to the logits' dtype."""
+    x = logits.detach().clone().requires_grad_()
+    (F.cross_entropy(x.float(), target) * scale).backward()
+    assert x.grad is not None
+    return x.grad
+
+
+@pytest.mark.parametrize("triton", [True, False], ids=["triton", "torch-ops"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_gradscalers_scale_meets_the_gradient_in_float32(request, triton, dtype) -> None:
+    """The default GradScaler scale 65,536 is inf in float16: it must meet the gradient in
+    float32 (74% NaN entries before), and the mean's 1/N must not flush small entries to 0
+    first (at 32,768, 74% of the nonzero entries were 0)."""
+    if triton:
+        request.getfixturevalue("through_triton")
+    generator = torch.Generator().manual_seed(12)
+    logits = (4 * torch.randn(512, 300, generator=generator)).to(DEVICE, dtype)
+    target = torch.randint(0, 300, (512,), generator=generator).to(DEVICE)
+    for scale in (65536.0, 32768.0, 3.0):
+        x = logits.clone().requires_grad_()
+        (cross_entropy(x, target) * scale).backward()
+        expected = _autocast_gradient(logits, target, scale)
+        assert x.grad is not None
+        assert x.grad.dtype == dtype
+        assert torch.isfinite(x.grad).all()
+        assert (x.grad != 0).sum() >= 0.999 * (expected != 0).sum()  # nothing flushed to 0
+        # one rounding from float32, as autocast's: apart from it by one unit at most
+        unit = torch.finfo(dtype)
+        torch.testing.assert_close(
+            x.grad.float(), expected.float(), rtol=unit.eps, atol=unit.smallest_normal * unit.eps
+        )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_linear_heads_gradients_meet_a_gradscalers_scale_in_float32(dtype) -> None:
+    """∂h of the chunked head under a GradScaler: finite, and as close to autocast's as
+    rounding allows (the chunked head rounds the logits' gradient to the dtype once)."""
+    from crossent.torch import linear_cross_entropy
+
+    generator = torch.Generator().manual_seed(13)
+    hidden = torch.randn(256, 32, generator=generator).to(DEVICE, dtype)
+    weight = (torch.randn(500, 32, generator=generator) / 4).to(DEVICE, dtype)
+    target = torch.randint(0, 500, (256,), generator=generator).to(DEVICE)
+    h = hidden.clone().requires_grad_()
+    (linear_cross_entropy(h, weight, target, chunk_size=64) * 65536.0).backward()
+    reference = hidden.clone().requires_grad_()
+    logits = F.linear(reference, weight)  # in the dtype, as autocast runs F.linear
+    (F.cross_entropy(logits.float(), target) * 65536.0).backward()
+    assert h.grad is not None
+    assert reference.grad is not None
+    assert torch.isfinite(h.grad).all()
+    truth = reference.grad.double()
+    error = (h.grad.double() - truth).abs().max()
+    assert error <= 2 * torch.finfo(dtype).eps * truth.abs().max()
+
+
+@pytest.mark.parametrize("known_lse", [False, True])
+def test_an_ignored_row_with_z_loss_has_a_zero_gradient_whatever_its_logits(known_lse) -> None:
+    """z-loss adds 2 z lse to every row's factor; an ignored row's lse may be −inf, +inf or
+    NaN, and 0 · that was NaN in the kernel (the CPU passes gave 0, as documented)."""
+    inf, nan = math.inf, math.nan
+    logits = torch.tensor(
+        [[-inf, -inf, -inf], [inf, 0.0, 1.0], [nan, 0.0, 1.0], [0.5, 1.0, 2.0]], device=DEVICE
+    )
+    labels = torch.tensor([-100, -100, -100, 2], device=DEVICE)
+    options = Options(None, -100, 0.1, 1e-2, None)
+    grad = torch.full_like(logits, 7.0)
+    lse = torch.empty(4, device=DEVICE)
+    kernel.loss_and_grad(logits, labels, options, None, None if known_lse else grad, lse)
+    if known_lse:
+        kernel.loss_and_grad(logits, labels, options, None, grad, known_lse=lse)
+    assert torch.equal(grad[:3], torch.zeros(3, 3, device=DEVICE))
+    assert torch.isfinite(grad[3]).all()
+
+
+def test_one_class() -> None:
+    """C = 1: every loss is 0 (plus z-loss), every gradient 0; on a GPU Triton once
+    specialised C = 1 into a constant and failed to compile."""
+    logits = torch.tensor([[0.3], [-2.0], [5.0]], device=DEVICE)
+    labels = torch.tensor([0, -100, 0], device=DEVICE)
+    grad, lse = torch.empty_like(logits), torch.empty(3, device=DEVICE)
+    loss = kernel.loss_and_grad(logits, labels, Options(), None, None, lse)
+    kernel.loss_and_grad(logits, labels, Options(), None, grad, known_lse=lse)
+    assert torch.equal(loss.cpu(), torch.zeros(3))
+    assert torch.equal(grad.cpu(), torch.zeros(3, 1))
+
+
+def test_float64_stays_in_float64_where_triton_would_compute_float32() -> None:
+    """The dispatch rule keeps float64 on CUDA in torch ops (float64 throughout, as the
+    operator's fake implementation says to torch.compile)."""
+    from types import SimpleNamespace
+
+    from crossent.torch import _dispatch
+
+    for dtype, expected in ((torch.float64, False), (torch.float32, True), (torch.bfloat16, True)):
+        tensor = SimpleNamespace(is_cuda=True, dtype=dtype)
+        assert _dispatch.uses_triton(tensor) is expected  # type: ignore[arg-type]
+    assert _dispatch.uses_triton(torch.zeros(1)) is False  # the CPU
+
+
+def test_launches_run_on_the_logits_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triton launches on the current CUDA device: logits on cuda:1 (device_map="auto") must
+    make it current for the launch, then restore the caller's."""
+    import contextlib
+
+    entered: list[torch.device] = []
+
+    @contextlib.contextmanager
+    def device(where):
+        entered.append(torch.device(where))
+        yield
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    with kernel._on(torch.device("cuda", 1)):
+        pass
+    with kernel._on(torch.device("cpu")):
+        pass
+    assert entered == [torch.device("cuda", 1)]
+    seen: list[torch.device] = []
+    original = kernel._on
+    monkeypatch.setattr(kernel, "_on", lambda where: seen.append(where) or original(where))
+    logits, labels = rows(3, 5)
+    kernel.loss_and_grad(logits, labels, Options(), None, None)
+    assert seen == [logits.device]

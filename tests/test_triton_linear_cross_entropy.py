@@ -26,9 +26,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.fixture(autouse=True)
 def _tiles_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
     """The low-memory mode takes the Triton tiles on CPU tensors too (the interpreter)."""
-    from crossent.torch import _head_loss
+    from crossent.torch import _dispatch
 
-    monkeypatch.setattr(_head_loss, "head_tiles", lambda hidden: tiles)
+    monkeypatch.setattr(_dispatch, "head_tiles", lambda hidden: tiles)
 
 
 def head(rows: int, dim: int, classes: int, seed: int = 0):
@@ -177,3 +177,73 @@ def test_a_cuda_graph_replays_the_head(low_memory: bool) -> None:
     torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
     for got, want in zip((hidden.grad, weight.grad, bias.grad), again, strict=True):
         torch.testing.assert_close(got, want.grad, rtol=1e-4, atol=1e-5)
+
+
+# ---- shapes past int32 offsets and CUDA's grid limit ----
+
+_LAST_PROGRAMS = """
+import sys, torch
+from crossent.torch._triton import linear_cross_entropy as tiles
+which, D = sys.argv[1], int(sys.argv[2])
+BM = BN = 16
+big = 2**31 // D + 2 * BM  # the last block's element offsets (index · D) pass 2^31
+N, C = (big, 32) if which == "rows" else (32, big)
+generator = torch.Generator().manual_seed(0)
+hidden, weight = torch.empty(N, D), torch.empty(C, D)  # never touched but where written below
+labels, lse = torch.empty(N, dtype=torch.int64), torch.empty(N)
+row_block, class_block = ((N - 1) // BM, 0) if which == "rows" else (0, (C - 1) // BN)
+rows = slice(row_block * BM, min(N, row_block * BM + BM))
+cols = slice(class_block * BN, min(C, class_block * BN + BN))
+hidden[rows] = torch.randn(rows.stop - rows.start, D, generator=generator) / 8
+weight[cols] = torch.randn(cols.stop - cols.start, D, generator=generator) / 8
+labels[rows] = cols.start + torch.randint(0, cols.stop - cols.start, (rows.stop - rows.start,))
+x = hidden[rows].double() @ weight[cols].double().T
+lse[rows] = torch.logsumexp(x, 1).float()  # as if these classes were all
+d_h, d_w = torch.empty(N, D), torch.empty(C, D)
+d_h[rows], d_w[cols] = 0, 0
+tiles._backward[(1, 1)](
+    hidden, weight, None, labels, lse, torch.ones(()), 0, d_h, d_w, None, N, C, D, -100, 0.0,
+    0.0, 1.0, class_block, row_block, HAS_BIAS=False, SOFTCAP=False, SMOOTHING=False,
+    Z_LOSS=False, WANT_H=True, WANT_W=True, WANT_B=False,
+    **tiles.tiles(torch.float32, False, False).launch(),
+)
+g = torch.softmax(x, 1)
+g[torch.arange(g.shape[0]), labels[rows] - cols.start] -= 1
+errors = ((d_h[rows].double() - g @ weight[cols].double()).abs().max().item(),
+          (d_w[cols].double() - g.T @ hidden[rows].double()).abs().max().item())
+print(max(errors))
+"""
+
+
+@pytest.mark.parametrize(("which", "dim"), [("rows", 1024), ("classes", 2048)])
+def test_offsets_past_two_to_the_31_elements(which: str, dim: int) -> None:
+    """N · D past 2^31 (N ≥ 524,289 at D = 4,096) or C · D (C = 256,000 at D ≥ 8,389): int32
+    offsets read and wrote 8 GiB outside the tensors (here D is smaller, N or C larger). The
+    kernel runs its last program only, over buffers of 8.6 GB whose untouched pages are never
+    committed; in a subprocess, which a wrong address would crash rather than this run."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", _LAST_PROGRAMS, which, str(dim)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "TRITON_INTERPRET": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.split()[-1]) < 1e-5
+
+
+def test_launches_past_cudas_grid_limit_are_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grid axis 1 takes at most 65,535 blocks (the backward's row blocks reach it at
+    N = 8,388,481 rows); more are launched in pieces, each starting at its first block."""
+    assert tiles._pieces(5, 2) == [(0, 2), (2, 2), (4, 1)]
+    assert tiles._pieces(65_535, tiles.GRID_Y) == [(0, 65_535)]
+    assert tiles._pieces(65_536, tiles.GRID_Y) == [(0, 65_535), (65_535, 1)]
+    tensors = head(37, 20, 50, seed=3)
+    whole = loss_and_grads(tensors, low_memory=True)
+    monkeypatch.setattr(tiles, "GRID_Y", 1)  # one row block per launch
+    pieces = loss_and_grads(tensors, low_memory=True)
+    for a, b in zip(pieces, whole, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from crossent.torch._rows import denominators, grad_factor
 from crossent.torch._spec import LossOptions, compute_dtype
 
 
@@ -92,3 +93,21 @@ def _index_gradient(
     if eps:
         grad = grad - eps / classes * (1.0 if weight is None else weight)
     return grad
+
+
+def head_gradients(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    options: LossOptions,
+    grad_loss: torch.Tensor,
+) -> tuple[torch.Tensor | None, ...]:
+    """The linear head's gradients (∂h, ∂W, ∂b, ∂t) in differentiable torch ops, through
+    its logits x = h Wᵀ + b: ∂h = g W, ∂W = gᵀ h, ∂b = Σ_rows g, with g = ∂/∂x."""
+    logits = torch.nn.functional.linear(hidden, weight, bias)
+    factor = grad_factor(options.reduction, denominators(target, options), options.scale)
+    upstream = grad_loss.reshape(-1) if options.reduction == "none" else grad_loss
+    grad_x, grad_t = logits_gradients(logits, target, options, factor * upstream.double())
+    grad_b = None if bias is None else grad_x.sum(dim=0)
+    return grad_x @ weight, grad_x.T @ hidden, grad_b, grad_t

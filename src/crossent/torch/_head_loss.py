@@ -23,22 +23,28 @@ need them anyway.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Literal, overload
 
 import torch
 
 from crossent._checks import Reduction, check_index_range
-from crossent.torch import _differentiable
-from crossent.torch._dispatch import head_tiles, rows_kernel
-from crossent.torch._logits_loss import loss_of, scale_saved, transformed
+from crossent.torch import _differentiable, _library  # noqa: F401 (registers the operators)
+from crossent.torch._head_pass import (
+    Head,
+    HeadCall,
+    HeadPlan,
+    Pass,
+    check_low_memory,
+    default_chunk_rows,
+    head_pass,
+    tiles_needed,
+)
+from crossent.torch._logits_loss import loss_of, transformed
 from crossent.torch._rows import denominators, grad_factor, reduce_rows
+from crossent.torch._saved import scale_saved
 from crossent.torch._spec import LossOptions, compute_dtype, with_options_doc
-from crossent.torch._torch_ops import Shard, rows_of
-
-CHUNK_BYTES = {"cpu": 44 << 20}  # logits held at once: 9% of a 4096 × 32000 fp32 matrix
-CHUNK_BYTES_ELSEWHERE = 256 << 20  # on a GPU
-MIN_CHUNK_ROWS = 8  # fewer rows per matrix product would waste it
+from crossent.torch._torch_ops import Shard
 
 
 @overload
@@ -152,38 +158,6 @@ def linear_cross_entropy(
 with_options_doc(linear_cross_entropy)
 
 
-@dataclass(frozen=True)
-class Head:
-    """The tensors of one call: hidden rows (..., D), the weight (C, D), the bias, the targets."""
-
-    hidden: torch.Tensor
-    weight: torch.Tensor
-    bias: torch.Tensor | None
-    target: torch.Tensor
-
-
-@dataclass(frozen=True)
-class HeadPlan:
-    """How the head is computed, besides the loss's options (see
-    :func:`linear_cross_entropy`)."""
-
-    chunk_size: int | None = None
-    low_memory: bool | None = None
-    weight_grad_dtype: torch.dtype | None = torch.float32
-
-    def __post_init__(self) -> None:
-        size = self.chunk_size
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            raise ValueError(f"`chunk_size` must be a whole number ≥ 1 or None; got {size!r}")
-        if self.low_memory is not None and not isinstance(self.low_memory, bool):
-            raise TypeError(f"`low_memory` must be True, False or None; got {self.low_memory!r}")
-        dtype = self.weight_grad_dtype
-        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise TypeError(
-                f"`weight_grad_dtype` must be a floating-point torch.dtype or None; got {dtype!r}"
-            )
-
-
 def head_loss_of(
     head: Head, options: LossOptions, plan: HeadPlan, shard: Shard | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,10 +176,10 @@ def head_loss_of(
     widest = head.weight.shape[0] if shard is None else shard.widest
     low_memory = plan.low_memory
     if low_memory is None:
-        low_memory = shard is None and _tiles_needed(head.hidden, head.weight, head.target, options)
+        low_memory = shard is None and tiles_needed(head.hidden, head.weight, head.target, options)
     elif low_memory:
-        _check_low_memory(head.target, options, shard)
-    call = _HeadCall(
+        check_low_memory(head.target, options, shard)
+    call = HeadCall(
         replace(options, weight=None),
         plan.chunk_size or default_chunk_rows(widest, head.hidden),
         bool(low_memory),
@@ -232,13 +206,6 @@ def check_head(
     return rows
 
 
-def default_chunk_rows(classes: int, hidden: torch.Tensor) -> int:
-    """Rows of logits that fit in the device's chunk budget, at least :data:`MIN_CHUNK_ROWS`,
-    a multiple of 32 where that many fit (matrix-product tiles come in 32s to 128s)."""
-    rows = _budget(hidden) // max(1, classes * hidden.element_size())
-    return max(MIN_CHUNK_ROWS, rows - rows % 32 if rows >= 32 else rows)
-
-
 def _tensors(head: Head) -> tuple[torch.Tensor, ...]:
     return tuple(t for t in (head.hidden, head.weight, head.bias, head.target) if t is not None)
 
@@ -259,74 +226,13 @@ def _through_logits(
     return loss, torch.logsumexp(x, dim=-1).reshape(example_shape)
 
 
-def _budget(tensor: torch.Tensor) -> int:
-    """Bytes of temporary allowed at once on ``tensor``'s device."""
-    return CHUNK_BYTES.get(tensor.device.type, CHUNK_BYTES_ELSEWHERE)
-
-
-def _tiles_needed(
-    hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, options: LossOptions
-) -> bool:
-    """Whether the low-memory mode takes over by itself: for the targets it supports, when
-    even :data:`MIN_CHUNK_ROWS` rows of logits exceed the device's chunk budget."""
-    too_wide = weight.shape[0] * hidden.element_size() * MIN_CHUNK_ROWS > _budget(hidden)
-    return too_wide and not target.is_floating_point() and options.weight is None
-
-
-def _check_low_memory(target: torch.Tensor, options: LossOptions, shard: Shard | None) -> None:
-    given = [
-        name
-        for name, present in (
-            ("probability targets", target.is_floating_point()),
-            ("a class_weight", options.weight is not None),
-            ("a shard of the classes", shard is not None),
-        )
-        if present
-    ]
-    if given:
-        raise ValueError(
-            "`low_memory=True` takes class-index targets without `class_weight`, on one "
-            f"process; got {' and '.join(given)}"
-        )
-
-
-Gradient = Literal["forward", "backward"]
-
-
-@dataclass(frozen=True)
-class _HeadCall:
-    """Everything about one call besides its tensors."""
-
-    options: LossOptions  # without the class weights, which are an input
-    chunk_rows: int
-    low_memory: bool
-    weight_grad_dtype: torch.dtype | None
-    shard: Shard | None
-    gradient: Gradient  # where the gradients are computed
-
-
-def _where_gradient(head: Head, options: LossOptions) -> Gradient:
+def _where_gradient(head: Head, options: LossOptions) -> Literal["forward", "backward"]:
     """In the forward (6·N·D·C flops), except for "none", whose upstream gradient differs by
     row, and float16, whose gradient must meet the upstream factor (a GradScaler's) in
     float32 before it is rounded: those are computed in the backward (8·N·D·C)."""
     if options.reduction == "none" or head.hidden.dtype == torch.float16:
         return "backward"
     return "forward"
-
-
-@dataclass
-class _Pass:
-    """What one pass over the chunks produces: losses, log-sum-exps and the gradients asked for."""
-
-    losses: torch.Tensor
-    lse: torch.Tensor
-    hidden: torch.Tensor | None = None
-    weight: torch.Tensor | None = None
-    bias: torch.Tensor | None = None
-    target: torch.Tensor | None = None
-
-    def gradients(self) -> tuple[torch.Tensor | None, ...]:
-        return self.hidden, self.weight, self.bias, self.target
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -338,7 +244,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         bias: torch.Tensor | None,
         target: torch.Tensor,
         class_weight: torch.Tensor | None,
-        call: _HeadCall,
+        call: HeadCall,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         options = replace(call.options, weight=class_weight)
         if not target.is_floating_point() and _checkable(hidden):
@@ -369,14 +275,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor, _grad_lse: Any) -> tuple[Any, ...]:
-        call: _HeadCall = ctx.call
+        call: HeadCall = ctx.call
         hidden, weight, bias, target, class_weight, lse, *saved = ctx.saved_tensors
         options = replace(call.options, weight=class_weight)
         head = Head(hidden, weight, bias, target)
         if torch.is_grad_enabled():
-            grads: list[torch.Tensor | None] = list(
-                _differentiable_backward(head, options, call, grad_loss)
-            )
+            grads: list[torch.Tensor | None] = list(_second_order(head, options, call, grad_loss))
         elif ctx.in_forward:
             scaled = iter(scale_saved(ctx, tuple(saved), grad_loss, "linear_cross_entropy"))
             grads = [next(scaled) if want else None for want in ctx.wants]
@@ -397,8 +301,8 @@ def _checkable(hidden: torch.Tensor) -> bool:
     return hidden.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
-def _differentiable_backward(
-    head: Head, options: LossOptions, call: _HeadCall, grad_loss: torch.Tensor
+def _second_order(
+    head: Head, options: LossOptions, call: HeadCall, grad_loss: torch.Tensor
 ) -> tuple[torch.Tensor | None, ...]:
     """The gradients in differentiable torch ops, through the logits (double backward)."""
     if call.shard is not None:
@@ -406,31 +310,24 @@ def _differentiable_backward(
             "crossent.torch.distributed: the vocabulary-parallel losses have no double backward "
             "(create_graph=True): their gradient is not a graph"
         )
-    hidden, weight, bias, target = head.hidden, head.weight, head.bias, head.target
-    logits = torch.nn.functional.linear(hidden, weight, bias)
-    factor = grad_factor(options.reduction, denominators(target, options), options.scale)
-    upstream = grad_loss.reshape(-1) if options.reduction == "none" else grad_loss
-    f = factor * upstream.to(torch.float64)
-    grad_x, grad_t = _differentiable.logits_gradients(logits, target, options, f)
-    grad_h = grad_x @ weight
-    grad_w = grad_x.T @ hidden
-    grad_b = None if bias is None else grad_x.sum(dim=0)
-    return grad_h, grad_w, grad_b, grad_t
+    return _differentiable.head_gradients(
+        head.hidden, head.weight, head.bias, head.target, options, grad_loss
+    )
 
 
 def _pass(
     head: Head,
     options: LossOptions,
-    call: _HeadCall,
+    call: HeadCall,
     grad_scale: torch.Tensor | None,
     wants: tuple[bool, ...],
     lse: torch.Tensor | None,
-) -> _Pass:
+) -> Pass:
     """One pass over the rows: losses, log-sum-exps, and the gradients in ``wants`` (hidden,
     weight, bias, target), each row's gradient multiplied by ``grad_scale`` (0-d, or one
     factor per row). Under torch.compile one registered operator."""
     if not torch.compiler.is_compiling():
-        return _run(head, options, call, grad_scale, wants, lse)
+        return head_pass(head, options, call, grad_scale, wants, lse)
     empty = head.hidden.new_empty(0)
     results = torch.ops.crossent.linear_cross_entropy_pass(
         head.hidden, head.weight, head.bias, head.target, options.weight,
@@ -441,126 +338,7 @@ def _pass(
     )  # fmt: skip
     losses, row_lse, *grads = results
     want = (*wants, False, False, False, False)[:4]
-    return _Pass(losses, row_lse, *(g if w else None for g, w in zip(grads, want, strict=True)))
-
-
-def _run(
-    head: Head,
-    options: LossOptions,
-    call: _HeadCall,
-    grad_scale: torch.Tensor | None,
-    wants: tuple[bool, ...],
-    lse: torch.Tensor | None,
-) -> _Pass:
-    """:func:`_pass` eagerly. The low-memory kernels reuse a known ``lse``; the chunked pass
-    computes it again."""
-    if call.low_memory:
-        return _run_tiles(head, options, grad_scale, wants, lse)
-    hidden, weight, bias, target = head.hidden, head.weight, head.bias, head.target
-    want_h, want_w, want_b, want_t = (*wants, False, False, False, False)[:4]
-    rows, classes = hidden.shape[0], weight.shape[0]
-    compute = compute_dtype(hidden.dtype)
-    accumulate = torch.promote_types(call.weight_grad_dtype or weight.dtype, weight.dtype)
-    if hidden.dtype == torch.float16:
-        accumulate = torch.promote_types(accumulate, torch.float32)  # its range: 65,504
-    out = _Pass(
-        losses=torch.empty(rows, dtype=compute, device=hidden.device),
-        lse=torch.empty(rows, dtype=compute, device=hidden.device),
-        hidden=torch.empty_like(hidden) if want_h else None,
-        weight=weight.new_zeros(weight.shape, dtype=accumulate) if want_w else None,
-        bias=weight.new_zeros(classes, dtype=accumulate) if want_b and bias is not None else None,
-        target=torch.empty_like(target) if want_t and target.is_floating_point() else None,
-    )
-    step = min(call.chunk_rows, max(rows, 1))
-    buffer = hidden.new_empty(step, classes)
-    bias = None if bias is None else bias.to(hidden.dtype)  # once, not once per chunk
-    gradient = want_h or want_w or want_b
-    for start in range(0, rows, step):
-        stop = min(rows, start + step)
-        h, logits = hidden[start:stop], buffer[: stop - start]
-        if bias is None:
-            torch.mm(h, weight.T, out=logits)
-        else:
-            torch.addmm(bias, h, weight.T, out=logits)
-        capped = _capped(logits, options) if out.target is not None else None
-        grad = logits if gradient else None  # the gradient overwrites the chunk's logits
-        scale = rows_of(grad_scale, start, stop)
-        out.losses[start:stop] = rows_kernel(logits, target, options, grad, call.shard)(
-            logits, target[start:stop], options, scale, grad, out.lse[start:stop]
-        )
-        if capped is not None and out.target is not None and scale is not None:
-            log_p = capped - out.lse[start:stop, None]
-            w = 1.0 if options.weight is None else _local_weight(options, call.shard, classes)
-            f = scale.to(compute).reshape(-1, 1)
-            out.target[start:stop] = -(1 - options.label_smoothing) * w * log_p * f
-        if grad is not None:
-            _multiply_out(grad, h, weight, out, start)
-    if call.shard is not None and out.hidden is not None:
-        call.shard.add_up(out.hidden)  # ∂h = Σ over shards of g W_shard
-    return out
-
-
-def _capped(logits: torch.Tensor, options: LossOptions) -> torch.Tensor:
-    """A chunk's logits in the compute dtype, soft-capped: kept for the target's gradient."""
-    x = logits.to(compute_dtype(logits.dtype), copy=True)
-    if options.softcap is not None:
-        x = options.softcap * torch.tanh(x / options.softcap)
-    return x
-
-
-def _local_weight(options: LossOptions, shard: Shard | None, width: int) -> torch.Tensor:
-    assert options.weight is not None
-    start = 0 if shard is None else shard.start
-    return options.weight[start : start + width]
-
-
-def _run_tiles(
-    head: Head,
-    options: LossOptions,
-    grad_scale: torch.Tensor | None,
-    wants: tuple[bool, ...],
-    lse: torch.Tensor | None,
-) -> _Pass:
-    """:func:`_run` in the low-memory mode: Triton tiles, or blocks of classes in PyTorch."""
-    bias = None if head.bias is None else head.bias.contiguous()
-    tensors = (head.hidden, head.weight.contiguous(), bias, head.target)  # as the kernels index
-    implementation: Any = head_tiles(head.hidden)
-    if lse is None:
-        losses, lse = implementation.forward(*tensors, options)
-    else:
-        losses = lse.new_empty(0)  # the backward wants gradients only
-    out = _Pass(losses, lse)
-    if grad_scale is not None and any(wants[:3]):
-        out.hidden, out.weight, out.bias = implementation.gradients(
-            *tensors, options, lse, grad_scale, wants[:3]
-        )
-    return out
-
-
-def _multiply_out(
-    grad: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, out: _Pass, start: int
-) -> None:
-    """A chunk's share of the three gradients, from its logits' gradient ``grad`` (r × C)."""
-    if out.hidden is not None:
-        torch.mm(grad, weight, out=out.hidden[start : start + grad.shape[0]])
-    if out.weight is not None:
-        _add_product(out.weight, grad, h)
-    if out.bias is not None:
-        out.bias += grad.sum(dim=0, dtype=out.bias.dtype)
-
-
-def _add_product(total: torch.Tensor, grad: torch.Tensor, h: torch.Tensor) -> None:
-    """total += gradᵀ h, where ``total`` may be wider (float32) than the chunk's dtype.
-
-    A wider total takes the product a block of classes at a time, each block's product
-    rounded once to the chunk's dtype, so that no C × D temporary is made.
-    """
-    if total.dtype == grad.dtype:
-        total.addmm_(grad.T, h)
-        return
-    block = max(1, _budget(h) // max(1, h.shape[1] * grad.element_size()))
-    for start in range(0, total.shape[0], block):
-        total[start : start + block] += grad[:, start : start + block].T @ h
+    return Pass(losses, row_lse, *(g if w else None for g, w in zip(grads, want, strict=True)))
 
 
 def _check_shapes(
@@ -593,82 +371,3 @@ def _check_shapes(
     if target.is_floating_point():  # counted rows: a shard may hold no class
         return rows, target.reshape(rows.shape[0], classes)
     return rows, target.reshape(-1).contiguous()  # the kernels read label i at offset i
-
-
-@torch.library.custom_op("crossent::linear_cross_entropy_pass", mutates_args=())
-def _linear_cross_entropy_pass(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    target: torch.Tensor,
-    class_weight: torch.Tensor | None,
-    grad_scale: torch.Tensor,
-    lse: torch.Tensor,
-    has_grad_scale: bool,
-    has_lse: bool,
-    wants: list[bool],
-    ignore_index: int,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float,
-    chunk_rows: int,
-    low_memory: bool,
-    weight_grad_dtype: torch.dtype | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`_run` as one registered operator, so that torch.compile and torch.export see one
-    opaque call (no graph break for its label check, threads or chunk loop): losses,
-    log-sum-exps, then ∂h, ∂W, ∂b, ∂t (an empty tensor for each not wanted)."""
-    options = LossOptions(class_weight, ignore_index, label_smoothing, z_loss, softcap or None)
-    call = _HeadCall(options, chunk_rows, low_memory, weight_grad_dtype, None, "forward")
-    head = Head(hidden, weight, bias, target)
-    result = _run(
-        head, options, call, grad_scale if has_grad_scale else None, tuple(wants),
-        lse if has_lse else None,
-    )  # fmt: skip
-    grad_h, grad_w, grad_b, grad_t = (  # an empty tensor of its own for each missing one
-        hidden.new_empty(0) if g is None else g for g in result.gradients()
-    )
-    row_lse = result.lse.clone() if result.lse is lse else result.lse  # outputs alias no input
-    return result.losses, row_lse, grad_h, grad_w, grad_b, grad_t
-
-
-@_linear_cross_entropy_pass.register_fake
-def _(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    target: torch.Tensor,
-    class_weight: torch.Tensor | None,
-    grad_scale: torch.Tensor,
-    lse: torch.Tensor,
-    has_grad_scale: bool,
-    has_lse: bool,
-    wants: list[bool],
-    ignore_index: int,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float,
-    chunk_rows: int,
-    low_memory: bool,
-    weight_grad_dtype: torch.dtype | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    rows, compute = hidden.shape[0], compute_dtype(hidden.dtype)
-    want_h, want_w, want_b, want_t = wants
-    if low_memory:  # the tiles' sums are in the compute dtype
-        grad_h, accumulate = compute, compute
-    else:
-        grad_h = hidden.dtype
-        accumulate = torch.promote_types(weight_grad_dtype or weight.dtype, weight.dtype)
-        if hidden.dtype == torch.float16:
-            accumulate = torch.promote_types(accumulate, torch.float32)
-    empty = hidden.new_empty(0)
-    return (
-        empty if has_lse and low_memory else hidden.new_empty(rows, dtype=compute),
-        hidden.new_empty(rows, dtype=compute),
-        hidden.new_empty(hidden.shape, dtype=grad_h) if want_h else empty,
-        weight.new_empty(weight.shape, dtype=accumulate) if want_w else empty,
-        weight.new_empty(weight.shape[0], dtype=accumulate)
-        if want_b and bias is not None
-        else empty,
-        torch.empty_like(target) if want_t and target.is_floating_point() else empty,
-    )

@@ -26,8 +26,7 @@ from typing import Any, Literal
 import torch
 
 from crossent._checks import Reduction, check_index_range
-from crossent.torch import _differentiable, _dispatch, _reuse
-from crossent.torch._dispatch import rows_kernel
+from crossent.torch import _differentiable, _dispatch, _library  # noqa: F401 (registers the operators)
 from crossent.torch._rows import (
     as_rows,
     classes_of,
@@ -38,6 +37,7 @@ from crossent.torch._rows import (
     reduce_rows,
     target_rows,
 )
+from crossent.torch._saved import empty_gradient, scale_saved, upstream_of
 from crossent.torch._spec import LossOptions, compute_dtype, legacy_reduction, with_options_doc
 from crossent.torch._torch_ops import Shard
 
@@ -212,7 +212,7 @@ class _CrossEntropy(torch.autograd.Function):
         if torch.is_grad_enabled() or transformed(grad_loss):
             grads = _differentiable_backward(ctx, logits, target, weight, grad_loss)
         else:
-            upstream = _upstream(grad_loss, call.options.reduction)
+            upstream = upstream_of(grad_loss, call.options.reduction)
             grad_x = None
             if want_x and call.gradient == "forward":
                 grad_x = scale_saved(ctx, (grad,), grad_loss, "cross_entropy")[0]
@@ -255,11 +255,11 @@ def _pass(
             options.z_loss, options.softcap or 0.0, factor, wants,
         )  # fmt: skip
         return losses, grad, lse
-    # eager: the same pass without the operator's dispatch (0.1 ms per call)
+    # eager: the same pass without the operator's dispatch, which costs more than a small loss
     in_place = call.inplace and wants and rows.data_ptr() == logits.data_ptr()
-    grad = rows if in_place else _empty_gradient(rows) if wants else rows.new_empty(0)
+    grad = rows if in_place else empty_gradient(rows) if wants else rows.new_empty(0)
     lse = rows.new_empty(rows.shape[0], dtype=compute_dtype(rows.dtype))
-    kernel = rows_kernel(rows, target, options, grad if wants else None, call.shard)
+    kernel = _dispatch.rows_kernel(rows, target, options, grad if wants else None, call.shard)
     losses = kernel(rows, target, options, factor, grad if wants else None, lse)
     return losses, grad, lse
 
@@ -287,7 +287,7 @@ def _backward_pass(
         return grad
     in_place = call.inplace and rows.data_ptr() == logits.data_ptr()
     grad = rows if in_place else torch.empty(rows.shape, dtype=rows.dtype, device=rows.device)
-    kernel = rows_kernel(rows, row_target, options, grad, call.shard)
+    kernel = _dispatch.rows_kernel(rows, row_target, options, grad, call.shard)
     kernel(rows, row_target, options, factor, grad, None, known_lse=lse)
     return grad
 
@@ -339,59 +339,8 @@ def _differentiable_backward(
     rows, row_target = as_rows(logits), target_rows(target)
     denominator = denominators(row_target, options)
     factor = grad_factor(options.reduction, denominator, options.scale)
-    f = factor * _upstream(grad_loss, options.reduction).reshape(-1)
+    f = factor * upstream_of(grad_loss, options.reduction).reshape(-1)
     return _differentiable.logits_gradients(rows, row_target, options, f)
-
-
-def _upstream(grad_loss: torch.Tensor, reduction: Reduction) -> torch.Tensor:
-    """The upstream gradient as one factor (0-d) or one per row ``(R,)``, float64 or the
-    loss's float type."""
-    wide = torch.promote_types(grad_loss.dtype, torch.float32)
-    upstream = grad_loss.to(wide)
-    return upstream.reshape(-1) if reduction == "none" else upstream
-
-
-def scale_saved(
-    ctx: Any, grads: tuple[torch.Tensor, ...], grad_output: torch.Tensor, name: str
-) -> tuple[torch.Tensor, ...]:
-    """Gradients computed in the forward, times the upstream gradient ``grad_output``.
-
-    On the CPU a plain ``loss.backward()`` (upstream exactly 1) costs nothing; elsewhere the
-    product is taken in place without asking the device whether it is 1 (no host sync), which
-    uses the saved gradients up, so a second backward is refused with a clear error. A
-    float16/bfloat16 gradient is multiplied in float32 and rounded once.
-    """
-    upstream = grad_output.reshape(-1, 1) if ctx.reduction == "none" else grad_output
-    on_cpu = grads[0].device.type == "cpu" and not torch.compiler.is_compiling()
-    if on_cpu and ctx.reduction != "none" and bool(grad_output == 1):
-        return grads  # loss.backward() on a mean or sum: the gradients are ready as they are
-    if ctx.inplace or not on_cpu:
-        if ctx.used:
-            raise RuntimeError(
-                f"crossent.torch.{name}: backward ran twice through the same loss; with "
-                "inplace_backward=True or on CUDA the gradient is scaled in place, so compute "
-                "the loss again instead of retain_graph=True"
-            )
-        ctx.used = True
-        return tuple(_times(grad, upstream, in_place=True) for grad in grads)
-    return tuple(_times(grad, upstream, in_place=False) for grad in grads)  # kept: retain_graph
-
-
-def _times(grad: torch.Tensor, upstream: torch.Tensor, *, in_place: bool) -> torch.Tensor:
-    """``grad · upstream``, in float32 for a float16/bfloat16 gradient (rounded once)."""
-    if grad.dtype in (torch.float32, torch.float64):
-        factor = upstream.to(grad.dtype)
-        return grad.mul_(factor) if in_place else grad * factor
-    product = grad.to(torch.float32) * upstream.to(torch.float32)
-    return grad.copy_(product) if in_place else product.to(grad.dtype)
-
-
-def _empty_gradient(rows: torch.Tensor) -> torch.Tensor:
-    """An uninitialised buffer like ``rows`` with unit strides; on the CPU memory that is
-    already mapped where it can be (:mod:`crossent.torch._reuse`)."""
-    if rows.device.type == "cpu":
-        return _reuse.empty(tuple(rows.shape), rows.dtype)
-    return torch.empty(rows.shape, dtype=rows.dtype, device=rows.device)
 
 
 def _vmap(
@@ -435,81 +384,3 @@ def _batch_first(tensor: torch.Tensor, dim: int | None, size: int) -> torch.Tens
     if dim is None:
         return tensor.expand(size, *tensor.shape)
     return tensor.movedim(dim, 0)
-
-
-@torch.library.custom_op("crossent::cross_entropy_rows", mutates_args=())
-def _cross_entropy_rows(
-    rows: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    ignore_index: int,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float,
-    grad_scale: torch.Tensor,
-    wants_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row losses (nats), log-sum-exps and, if wanted, the scaled gradient (else an empty
-    tensor). A registered operator, so that torch.compile treats the pass as one opaque call
-    (fullgraph=True works) instead of tracing into its chunk loop."""
-    options = LossOptions(weight, ignore_index, label_smoothing, z_loss, softcap or None)
-    grad = _empty_gradient(rows) if wants_grad else rows.new_empty(0)
-    lse = rows.new_empty(rows.shape[0], dtype=compute_dtype(rows.dtype))
-    kernel = rows_kernel(rows, target, options, grad if wants_grad else None)
-    losses = kernel(rows, target, options, grad_scale, grad if wants_grad else None, lse)
-    return losses, lse, grad
-
-
-@_cross_entropy_rows.register_fake
-def _(
-    rows: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    ignore_index: int,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float,
-    grad_scale: torch.Tensor,
-    wants_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    compute = compute_dtype(rows.dtype)
-    losses = rows.new_empty(rows.shape[0], dtype=compute)
-    lse = rows.new_empty(rows.shape[0], dtype=compute)
-    grad = torch.empty(rows.shape, dtype=rows.dtype, device=rows.device)
-    return losses, lse, grad if wants_grad else rows.new_empty(0)
-
-
-@torch.library.custom_op("crossent::cross_entropy_rows_backward", mutates_args=())
-def _cross_entropy_rows_backward(
-    rows: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    lse: torch.Tensor,
-    grad_scale: torch.Tensor,
-    ignore_index: int,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float,
-) -> torch.Tensor:
-    """The rows' gradient, each row's times ``grad_scale``, from their log-sum-exps ``lse``:
-    the backward's pass as one opaque call for torch.compile."""
-    options = LossOptions(weight, ignore_index, label_smoothing, z_loss, softcap or None)
-    grad = torch.empty(rows.shape, dtype=rows.dtype, device=rows.device)
-    kernel = rows_kernel(rows, target, options, grad)
-    kernel(rows, target, options, grad_scale, grad, None, known_lse=lse)
-    return grad
-
-
-@_cross_entropy_rows_backward.register_fake
-def _(
-    rows: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    lse: torch.Tensor,
-    grad_scale: torch.Tensor,
-    ignore_index: int,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float,
-) -> torch.Tensor:
-    return torch.empty(rows.shape, dtype=rows.dtype, device=rows.device)

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from crossent._checks import Reduction
-from crossent.torch._head_loss import Head, HeadPlan, head_loss_of
+from crossent.torch._head_loss import head_loss_of
+from crossent.torch._head_pass import Head, HeadPlan
 from crossent.torch._logits_loss import loss_of
 from crossent.torch._spec import LossOptions, legacy_reduction, with_options_doc
 

@@ -27,7 +27,7 @@ NATIVE_LEVEL: int | None = None if _native is None else _native.levels()[-1]
 """The instruction-set level of the compiled kernel (0 baseline, 1 AVX2, 2 AVX-512): the best
 this CPU runs; None where the kernel was not built, or to compute with torch ops instead."""
 NATIVE_CHUNK_ELEMENTS = 1 << 24  # the most numbers per call of the compiled kernel
-NATIVE_CALL_MIN_ELEMENTS = 1 << 16  # the fewest (about 30 µs): less is not worth a thread
+NATIVE_CALL_MIN_ELEMENTS = 1 << 16  # the fewest: less work is not worth a thread's start
 
 
 class _Rows(ctypes.Structure):

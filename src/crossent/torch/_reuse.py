@@ -2,9 +2,9 @@
 
 torch's CPU allocator gives every large tensor back to the system when it is freed, so the
 next one of the same size is fresh memory again, and its first write pays a page fault per
-page while the kernel zeroes it: on a 2-core VM, writing a fresh 524 MB gradient took 73 ms,
-against 29 ms for one already mapped, and the whole loss pass about 45 ms. In training the
-loss's gradient is freed every step and asked for again at the next, so the last
+page while the kernel zeroes it: writing a fresh gradient takes over twice as long as writing
+one already mapped, more than the whole loss pass (docs/benchmarks.md, the CPU loss). In
+training the loss's gradient is freed every step and asked for again at the next, so the last
 :data:`KEPT` large buffers are kept, and :func:`empty` hands out a view of one while no
 tensor uses it and it is no more than twice the size asked for. Before new memory is taken,
 kept buffers too small to serve are given back, so what is kept never adds to the peak of a

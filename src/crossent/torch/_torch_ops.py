@@ -249,7 +249,7 @@ def _index_target(
     label = (1 - eps) * w_y  # the label's weight in the loss: a number without class weights
 
     def loss_at(lse: torch.Tensor, sums: Sums) -> torch.Tensor:
-        loss = (lse - sums[0])[:, 0]  # each factor below only where it is not 1: ops cost ~10 µs
+        loss = (lse - sums[0])[:, 0]  # each factor below only where it is not 1: ops cost time
         if isinstance(label, torch.Tensor):  # a label of weight 0 adds 0, even if x_y = −inf
             loss = torch.where(label[:, 0] == 0, 0.0, label[:, 0] * loss)
         elif label != 1:

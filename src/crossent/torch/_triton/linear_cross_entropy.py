@@ -203,17 +203,20 @@ class Tiles:
 
 
 def tiles(dtype: torch.dtype, cuda: bool, tf32: bool) -> Tiles:
-    """Tile sizes: small under the interpreter (it runs every lane in NumPy); on a GPU,
-    128 × 128 × 64 on 8 warps for 2-byte inputs, and 64 × 64 × 32 on 4 warps for float32,
-    whose operands take twice the registers (the larger tile spilled 12 KB a thread in the
-    backward with full-precision products). float32 products use TF32 when PyTorch allows it
-    (``torch.backends.cuda.matmul.allow_tf32``), else full precision."""
+    """Tile sizes: small under the interpreter (it runs every lane in NumPy); on a GPU the
+    largest that spill no register on sm_80 and sm_90a (tests/test_triton_compile.py):
+    64 × 128 × 32 on 8 warps for 2-byte inputs; for float32, whose operands take twice the
+    registers, 64 × 64 × 32 with TF32 products and 64 × 64 × 16 in full precision (128 × 128 ×
+    64 spilled 12 KB a thread in the backward). float32 products use TF32 when PyTorch allows
+    it (``torch.backends.cuda.matmul.allow_tf32``), else full precision."""
     precision = "tf32" if dtype != torch.float32 or tf32 else "ieee"
     if not cuda:
         return Tiles(16, 16, 16, 4, 1, precision, True)
-    if dtype == torch.float32:
-        return Tiles(64, 64, 32, 4, 3, precision, False)
-    return Tiles(128, 128, 64, 8, 3, precision, False)
+    if dtype != torch.float32:
+        return Tiles(64, 128, 32, 8, 3, precision, False)
+    if precision == "tf32":
+        return Tiles(64, 64, 32, 8, 3, precision, False)
+    return Tiles(64, 64, 16, 8, 2, precision, False)
 
 
 def _tiles_for(hidden: torch.Tensor) -> Tiles:

@@ -31,7 +31,8 @@ import torch
 import torch.distributed as dist
 
 from crossent._checks import Reduction
-from crossent.torch._head_loss import Head, HeadPlan, check_head, head_loss_of
+from crossent.torch._head_loss import check_head, head_loss_of
+from crossent.torch._head_pass import Head, HeadPlan
 from crossent.torch._logits_loss import check_logits, loss_of
 from crossent.torch._spec import LossOptions
 from crossent.torch._torch_ops import Sums
