@@ -202,7 +202,9 @@ def causal_lm_loss(
         rows, bias = rows * scale, None if bias is None else bias * scale
     targets = shift_labels.reshape(-1).to(rows.device)
     reduction = "mean" if num_items_in_batch is None else "sum"
-    loss: torch.Tensor = _fused(rows, weight, targets, bias, softcap, ignore_index, reduction, options)
+    loss: torch.Tensor = _fused(
+        rows, weight, targets, bias, softcap, ignore_index, reduction, options
+    )
     if num_items_in_batch is None:
         return loss
     if isinstance(num_items_in_batch, torch.Tensor):
