@@ -8,6 +8,7 @@ the logits span several nats and soft-capping and logit scaling change the loss.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -689,3 +690,16 @@ def test_without_transformers_the_integration_says_how_to_install_it() -> None:
     assert done.returncode != 0
     assert "ImportError: crossent.integrations.transformers needs" in done.stderr
     assert "pip install 'crossent[transformers]'" in done.stderr
+
+
+def test_the_example_trains_and_reports_bits_per_byte() -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "train_tiny_lm.py"
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(example), "--steps", "2"],
+        capture_output=True, text=True, env=environment, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "'eval_bits_per_byte'" in done.stdout
+    assert "bits per byte:" in done.stdout
+    assert "lzma" in done.stdout
