@@ -235,6 +235,9 @@ def test_patch_by_model_type_patches_models_made_afterwards(unpatch_on_exit: lis
     assert torch.allclose(model(ids, labels=labels).loss, want / math.log(2), rtol=1e-5)
     hf.unpatch(model)
     assert hf.patch_options(model) == hf.LossOptions()
+    with hf.patched(model, base=2):  # the class's patch is not the model's own: none after
+        assert hf.patch_options(model) == hf.LossOptions(base=2)
+    assert "forward" not in vars(model)
     hf.unpatch("llama")
     assert cls.forward is original
     assert model(ids, labels=labels).logits is not None

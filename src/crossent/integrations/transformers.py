@@ -106,8 +106,7 @@ def patch(
     """
     options = LossOptions(z_loss, label_smoothing, base)
     model, cls = _resolve(target)
-    previous = _patch_of(model.__dict__.get("forward") if model else cls.__dict__.get("forward"))
-    original, owned = _original(cls, previous)
+    original, owned = _original(cls, _own_patch(model, cls))
     layout = _layout(cls, original)
     if model is not None:
         _check_head(model, layout)
@@ -122,14 +121,14 @@ def unpatch(target: Target) -> Target:
     """Give ``target`` (model, class or model type, as :func:`patch` takes) back the forward it
     had before :func:`patch`. Returns ``target``; one that is not patched is left as it is."""
     model, cls = _resolve(target)
-    if model is not None:
-        if _patch_of(model.__dict__.get("forward")) is not None:
-            del model.forward
+    found = _own_patch(model, cls)
+    if found is None:
         return target
-    found = _patch_of(cls.__dict__.get("forward"))
-    if found is not None and found.owned:
+    if model is not None:
+        del model.forward
+    elif found.owned:
         cls.forward = found.original  # type: ignore[attr-defined]
-    elif found is not None:
+    else:
         delattr(cls, "forward")
     return target
 
@@ -137,14 +136,14 @@ def unpatch(target: Target) -> Target:
 @contextlib.contextmanager
 def patched(target: Target, **options: Any) -> Iterator[Target]:
     """:func:`patch` for the duration of a ``with`` block; what was there before comes back."""
-    before = patch_options(target)
+    before = _own_patch(*_resolve(target))
     patch(target, **options)
     try:
         yield target
     finally:
         unpatch(target)
         if before is not None:
-            patch(target, **vars(before))
+            patch(target, **vars(before.options))
 
 
 def patch_options(target: Any) -> LossOptions | None:
@@ -283,6 +282,11 @@ def _class_named(model_type: str) -> type:
         )
     found: type = getattr(transformers, name)
     return found
+
+
+def _own_patch(model: Any, cls: type) -> _Patch | None:
+    """The patch on this very model (or, for None, on ``cls``), not one it inherits."""
+    return _patch_of((cls if model is None else model).__dict__.get("forward"))
 
 
 def _patch_of(forward: Any) -> _Patch | None:
