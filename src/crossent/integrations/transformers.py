@@ -40,7 +40,7 @@ try:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 except ImportError as error:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        f"crossent.integrations.transformers needs Hugging Face transformers 5: {INSTALL}"
+        f"crossent.integrations.transformers needs Hugging Face transformers ≥ 5.4: {INSTALL}"
     ) from error
 
 TESTED = (
