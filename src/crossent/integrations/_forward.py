@@ -211,8 +211,8 @@ class _Reader:
         """Named parameters after ``self`` (positional ones first), how many are positional,
         and their defaults; refused without ``labels`` or with ``*args``."""
         found = list(self.signature.parameters.values())[1:]
-        if any(p.kind is p.VAR_POSITIONAL for p in found):
-            self.refuse(tree.args, "*args")
+        if any(p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY) for p in found):
+            self.refuse(tree.args, "*args or positional-only parameters")
         named = [p for p in found if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
         if "labels" not in [p.name for p in named]:
             self.refuse(tree.args, "no `labels` parameter")
