@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import math
 import types
 from collections.abc import Callable, Iterator
@@ -380,7 +381,7 @@ def _patched_forward(patch: _Patch, layout: Layout) -> Callable[..., Any]:
     the original does and takes the loss from the hidden states. Both go through the
     original's decorators (return_dict, renamed arguments), built again around the new body.
     """
-    raw = _innermost(patch.original)
+    raw = inspect.unwrap(patch.original)
     labels_at = layout.parameters.index("labels")
 
     def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -397,12 +398,6 @@ def _patched_forward(patch: _Patch, layout: Layout) -> Callable[..., Any]:
     functools.update_wrapper(decorated, patch.original)
     decorated.__crossent__ = patch  # type: ignore[attr-defined]
     return decorated
-
-
-def _innermost(function: Any) -> Any:
-    while hasattr(function, "__wrapped__"):
-        function = function.__wrapped__
-    return function
 
 
 def _forward_with_loss(
