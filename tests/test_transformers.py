@@ -708,3 +708,18 @@ def test_the_example_trains_and_reports_bits_per_byte() -> None:
     assert "'eval_bits_per_byte'" in done.stdout
     assert "bits per byte:" in done.stdout
     assert "lzma" in done.stdout
+
+
+def test_bf16_weights_give_transformers_loss_to_bf16_precision() -> None:
+    """A model held in bfloat16: the logits are bfloat16 in both, the loss float32."""
+    model = _model("llama").to(torch.bfloat16)
+    ids, labels, mask = _batch()
+    inputs = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    theirs, their_grads = _loss_and_grads(model, **inputs)
+    hf.patch(model)
+    mine, my_grads = _loss_and_grads(model, **inputs)
+    assert mine.dtype == theirs.dtype == torch.float32
+    assert abs(mine - theirs) <= 1e-4 * theirs  # both round the same bfloat16 logits
+    for name, grad in their_grads.items():  # (bit-identical here; 2 bfloat16 steps allowed)
+        error = (my_grads[name].float() - grad.float()).abs().max() / grad.float().abs().max()
+        assert error < 8e-3, f"{name}: relative error {error:.2e}"
