@@ -563,11 +563,11 @@ def test_bf16_autocast_computes_the_head_in_bf16_as_transformers_does() -> None:
         hf.patch(model)
         mine, my_grads = _loss_and_grads(model, **inputs)
     assert mine.dtype == torch.float32
-    assert abs(mine - exact) <= abs(theirs - exact) + 2e-3 * exact
-    assert abs(mine - theirs) <= 2e-3 * exact
-    for name, grad in their_grads.items():
+    assert abs(mine - exact) <= abs(theirs - exact) + 1e-4 * exact
+    assert abs(mine - theirs) <= 1e-4 * exact  # the same bfloat16 logits, rounded alike
+    for name, grad in their_grads.items():  # (bit-identical here; 2 bfloat16 steps allowed)
         error = (my_grads[name] - grad).abs().max() / grad.abs().max()
-        assert error < 2e-2, f"{name}: relative error {error:.2e}"  # bfloat16: 8 bits
+        assert error < 8e-3, f"{name}: relative error {error:.2e}"
 
 
 def _learnable(rows: int, length: int, seed: int) -> list[dict[str, torch.Tensor]]:
