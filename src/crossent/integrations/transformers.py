@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from crossent._checks import check_base
+from crossent._checks import Reduction, check_base
 from crossent.integrations._forward import Layout, UnsupportedModelError, read_forward
 from crossent.torch import linear_cross_entropy
 
@@ -201,7 +201,7 @@ def causal_lm_loss(
     if not (isinstance(scale, int | float) and scale == 1):
         rows, bias = rows * scale, None if bias is None else bias * scale
     targets = shift_labels.reshape(-1).to(rows.device)
-    reduction = "mean" if num_items_in_batch is None else "sum"
+    reduction: Reduction = "mean" if num_items_in_batch is None else "sum"
     loss: torch.Tensor = _fused(
         rows, weight, targets, bias, softcap, ignore_index, reduction, options
     )
@@ -219,7 +219,7 @@ def _fused(
     bias: torch.Tensor | None,
     softcap: float | None,
     ignore_index: int,
-    reduction: str,
+    reduction: Reduction,
     options: LossOptions,
 ) -> torch.Tensor:
     """The crossent call (inside a compiled graph too: it is one registered operator), outside
@@ -232,7 +232,7 @@ def _fused(
     with torch.autocast(device, enabled=False):
         loss: torch.Tensor = linear_cross_entropy(
             rows, weight, targets, bias=bias, ignore_index=ignore_index, softcap=softcap,
-            reduction=reduction, z_loss=options.z_loss,  # type: ignore[arg-type]
+            reduction=reduction, z_loss=options.z_loss,
             label_smoothing=options.label_smoothing, base=options.base,
         )  # fmt: skip
     return loss
