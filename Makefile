@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint check bench clean
+.PHONY: demo test lint check bench clean sanitize
 
 # The CPU build of torch goes in first: a bare `torch` requirement would pull CUDA wheels.
 # The editable install also compiles the C kernel, so a change to it installs again.
@@ -24,11 +24,17 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples tools
+	$(BIN)/ruff format --check src tests benchmarks examples tools
 	$(BIN)/mypy
 
 check: test lint
+
+# The C kernel under AddressSanitizer and UndefinedBehaviorSanitizer, and its exp polynomial
+# derived again; both exit non-zero on a finding.
+sanitize: $(STAMP)
+	$(BIN)/python tools/exp_polynomial.py
+	$(BIN)/python tools/sanitize.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_measures.py

@@ -56,7 +56,8 @@ typedef struct {
 /* exp(t) for t <= 0 (-inf gives 0, NaN too): t = k ln 2 + r with |r| <= ln 2 / 2 (Cephes'
    split of ln 2, exact without fused multiply-adds, which the compiler may still use), then
    exp(r) = 1 + r + r^2 P(r), P of degree 4 fitted for the least relative error (3e-9; 7e-8
-   in float32 arithmetic), one term shorter than Cephes' and as accurate in float32. */
+   in float32 arithmetic), one term shorter than Cephes' and as accurate in float32;
+   tools/exp_polynomial.py derives P again and checks these coefficients. */
 static inline float exp_nonpositive(float t) {
     float c = t > EXP_LOW ? t : EXP_LOW; /* NaN and -inf become EXP_LOW here ... */
     float k = (c * 1.44269504088896341f + ROUNDER) - ROUNDER; /* round to nearest: |k| < 2^22 */
