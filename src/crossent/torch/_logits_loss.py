@@ -208,24 +208,24 @@ class _CrossEntropy(torch.autograd.Function):
         logits, target, weight, grad, lse = ctx.saved_tensors
         call: _Call = ctx.call
         want_x, want_t = ctx.needs_input_grad[:2]
-        grads: tuple[torch.Tensor | None, torch.Tensor | None]
-        if torch.is_grad_enabled() or transformed(grad_loss):
-            grads = _differentiable_backward(ctx, logits, target, weight, grad_loss)
-        else:
-            upstream = upstream_of(grad_loss, call.options.reduction)
-            grad_x = None
-            if want_x and call.gradient == "forward":
-                grad_x = scale_saved(ctx, (grad,), grad_loss, "cross_entropy")[0]
-            elif want_x:
-                grad_x = _backward_pass(logits, target, weight, lse, call, upstream)
-            grad_t = None
-            if want_t:
-                grad_t = _target_gradient(logits, target, weight, lse, call, upstream)
-            grads = (grad_x, grad_t)
-        grad_x, grad_t = grads
-        grad_x = None if grad_x is None else from_rows(grad_x, ctx.shape)
-        grad_t = None if grad_t is None else from_rows(grad_t, ctx.shape)
-        return grad_x if want_x else None, grad_t if want_t else None, None, None
+        grad_x = grad_t = None
+        if torch.is_grad_enabled() or transformed(grad_loss):  # the backward is differentiated
+            _check_differentiable(logits, call)
+            rows = _Backward.of(logits, target, weight, call, grad_loss)
+            grad_x, grad_t = _differentiable.logits_gradients(
+                rows.rows, rows.target, rows.options, rows.factor
+            )
+        elif want_x and call.gradient == "forward":
+            grad_x = scale_saved(ctx, (grad,), grad_loss, "cross_entropy")[0]
+        elif want_x:
+            grad_x = _Backward.of(logits, target, weight, call, grad_loss).logits_gradient(
+                lse, call
+            )
+        if want_t and grad_t is None:
+            grad_t = _Backward.of(logits, target, weight, call, grad_loss).target_gradient(lse)
+        grad_x = None if grad_x is None or not want_x else from_rows(grad_x, ctx.shape)
+        grad_t = None if grad_t is None or not want_t else from_rows(grad_t, ctx.shape)
+        return grad_x, grad_t, None, None
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple[Any, ...], *args: Any) -> tuple[Any, Any]:
@@ -264,66 +264,65 @@ def _pass(
     return losses, grad, lse
 
 
-def _backward_pass(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    lse: torch.Tensor,
-    call: _Call,
-    upstream: torch.Tensor,
-) -> torch.Tensor:
-    """The logits' gradient computed in the backward: every factor in float32 (float64 for
-    float64 logits), the result rounded once to the logits' dtype."""
-    options = replace(call.options, weight=weight)
-    rows, row_target = as_rows(logits), target_rows(target)
-    denominator = denominators(row_target, options)
-    factor = grad_factor(options.reduction, denominator, options.scale)
-    factor = (factor * upstream).to(compute_dtype(rows.dtype))
-    if torch.compiler.is_compiling() and call.shard is None:
-        grad: torch.Tensor = torch.ops.crossent.cross_entropy_rows_backward(
-            rows, row_target, options.weight, lse, factor, options.ignore_index,
-            options.label_smoothing, options.z_loss, options.softcap or 0.0,
-        )  # fmt: skip
+@dataclass(frozen=True)
+class _Backward:
+    """What the backward's passes start from: the rows and each row's gradient factor f, the
+    reduction's (1 / its denominator, in the unit of ``base``) times the upstream gradient,
+    float64: one for all rows (0-d) or one per row."""
+
+    options: LossOptions
+    logits: torch.Tensor
+    rows: torch.Tensor
+    target: torch.Tensor
+    factor: torch.Tensor
+
+    @classmethod
+    def of(
+        cls,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        weight: torch.Tensor | None,
+        call: _Call,
+        grad_loss: torch.Tensor,
+    ) -> _Backward:
+        options = replace(call.options, weight=weight)
+        rows, row_target = as_rows(logits), target_rows(target)
+        factor = grad_factor(options.reduction, denominators(row_target, options), options.scale)
+        upstream = upstream_of(grad_loss, options.reduction)
+        return cls(options, logits, rows, row_target, factor * upstream)
+
+    def logits_gradient(self, lse: torch.Tensor, call: _Call) -> torch.Tensor:
+        """The logits' gradient: every factor in float32 (float64 for float64 logits), the
+        result rounded once to the logits' dtype."""
+        rows, target, options = self.rows, self.target, self.options
+        factor = self.factor.to(compute_dtype(rows.dtype))
+        if torch.compiler.is_compiling() and call.shard is None:
+            grad: torch.Tensor = torch.ops.crossent.cross_entropy_rows_backward(
+                rows, target, options.weight, lse, factor, options.ignore_index,
+                options.label_smoothing, options.z_loss, options.softcap or 0.0,
+            )  # fmt: skip
+            return grad
+        in_place = call.inplace and rows.data_ptr() == self.logits.data_ptr()
+        grad = rows if in_place else torch.empty(rows.shape, dtype=rows.dtype, device=rows.device)
+        kernel = _dispatch.rows_kernel(rows, target, options, grad, call.shard)
+        kernel(rows, target, options, factor, grad, None, known_lse=lse)
         return grad
-    in_place = call.inplace and rows.data_ptr() == logits.data_ptr()
-    grad = rows if in_place else torch.empty(rows.shape, dtype=rows.dtype, device=rows.device)
-    kernel = _dispatch.rows_kernel(rows, row_target, options, grad, call.shard)
-    kernel(rows, row_target, options, factor, grad, None, known_lse=lse)
-    return grad
+
+    def target_gradient(self, lse: torch.Tensor) -> torch.Tensor:
+        """∂loss/∂t_j = −f (1 − ε) w_j log p_j for probability targets, log p_j = x_j − lse
+        (with the capped x)."""
+        options, compute = self.options, compute_dtype(self.rows.dtype)
+        x = self.rows.to(compute)
+        if options.softcap is not None:
+            x = options.softcap * torch.tanh(x / options.softcap)
+        f = self.factor.to(compute).reshape(-1, 1)
+        w = 1.0 if options.weight is None else options.weight.to(compute)
+        log_p = x - lse.to(compute)[:, None]
+        return (-(1 - options.label_smoothing) * w * log_p * f).to(self.target.dtype)
 
 
-def _target_gradient(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    lse: torch.Tensor,
-    call: _Call,
-    upstream: torch.Tensor,
-) -> torch.Tensor:
-    """∂loss/∂t_j = −f (1 − ε) w_j log p_j for probability targets, log p_j = x_j − lse (with
-    the capped x); f = the upstream gradient over the reduction's denominator."""
-    options = replace(call.options, weight=weight)
-    rows, row_target = as_rows(logits), target_rows(target)
-    compute = compute_dtype(rows.dtype)
-    x = rows.to(compute)
-    if options.softcap is not None:
-        x = options.softcap * torch.tanh(x / options.softcap)
-    factor = grad_factor(options.reduction, denominators(row_target, options), options.scale)
-    f = (factor * upstream).to(compute).reshape(-1, 1)
-    w = 1.0 if weight is None else weight.to(compute)
-    log_p = x - lse.to(compute)[:, None]
-    return (-(1 - options.label_smoothing) * w * log_p * f).to(target.dtype)
-
-
-def _differentiable_backward(
-    ctx: Any,
-    logits: torch.Tensor | None,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    grad_loss: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The gradients in differentiable torch ops (double backward, torch.func)."""
-    call: _Call = ctx.call
+def _check_differentiable(logits: torch.Tensor | None, call: _Call) -> None:
+    """The gradients in differentiable torch ops need the logits and one process."""
     if logits is None:
         raise RuntimeError(
             "crossent.torch.cross_entropy: double backward (create_graph=True, or a torch.func "
@@ -335,12 +334,6 @@ def _differentiable_backward(
             "crossent.torch.distributed: the vocabulary-parallel losses have no double backward "
             "(create_graph=True) or torch.func support: their gradient is not a graph"
         )
-    options = replace(call.options, weight=weight)
-    rows, row_target = as_rows(logits), target_rows(target)
-    denominator = denominators(row_target, options)
-    factor = grad_factor(options.reduction, denominator, options.scale)
-    f = factor * upstream_of(grad_loss, options.reduction).reshape(-1)
-    return _differentiable.logits_gradients(rows, row_target, options, f)
 
 
 def _vmap(
