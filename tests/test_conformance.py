@@ -328,8 +328,7 @@ def kernel(rows_kernel: Callable[..., torch.Tensor] | None, triton: bool = False
     """The dispatch rule pinned to one rows backend (and Triton's place in the flow)."""
     with pytest.MonkeyPatch.context() as patch:
         if rows_kernel is not None:
-            adapted = _dispatch._unknown_lse(rows_kernel) if not triton else rows_kernel
-            patch.setattr(_dispatch, "rows_kernel", lambda *a, **k: adapted)
+            patch.setattr(_dispatch, "rows_kernel", lambda *a, **k: rows_kernel)
         patch.setattr(_dispatch, "uses_triton", lambda tensor: triton)
         yield
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
-from collections.abc import Callable
 from types import ModuleType
 from typing import Protocol
 
@@ -31,7 +30,8 @@ from crossent.torch._torch_ops import Shard
 class Kernel(Protocol):
     """A pass over rows of logits: their losses in nats, their gradient (each row's times
     ``grad_scale``) into ``grad`` and their log-sum-exps into ``lse``, when given. A backend
-    may skip the log-sum-exp's pass when it is ``known_lse``."""
+    may skip the log-sum-exp's pass when it is ``known_lse`` (the Triton kernels do; the
+    others compute it again)."""
 
     def __call__(
         self,
@@ -57,14 +57,14 @@ def rows_kernel(
     if shard is not None:
         from crossent.torch.distributed import _sharded
 
-        return _bind(_sharded.loss_and_grad, shard)
+        return functools.partial(_sharded.loss_and_grad, shard=shard)
     if uses_triton(rows):
         from crossent.torch._triton import cross_entropy as triton_rows
 
         return triton_rows.loss_and_grad
     if _native_rows.runs(rows, target, options, grad):
-        return _unknown_lse(_native_rows.loss_and_grad)
-    return _unknown_lse(_torch_ops.loss_and_grad)
+        return _native_rows.loss_and_grad
+    return _torch_ops.loss_and_grad
 
 
 def head_tiles(hidden: torch.Tensor) -> ModuleType:
@@ -84,39 +84,3 @@ def uses_triton(tensor: torch.Tensor) -> bool:
 @functools.cache
 def _triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
-
-
-def _unknown_lse(kernel: Callable[..., torch.Tensor]) -> Kernel:
-    """A backend that computes the log-sum-exp in any case (``known_lse`` is ignored)."""
-
-    def run(
-        logits: torch.Tensor,
-        target: torch.Tensor,
-        options: LossOptions,
-        grad_scale: torch.Tensor | None,
-        grad: torch.Tensor | None,
-        lse: torch.Tensor | None = None,
-        *,
-        known_lse: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return kernel(logits, target, options, grad_scale, grad, lse)
-
-    return run
-
-
-def _bind(kernel: Callable[..., torch.Tensor], shard: Shard) -> Kernel:
-    """The sharded pass, for ``shard``."""
-
-    def run(
-        logits: torch.Tensor,
-        target: torch.Tensor,
-        options: LossOptions,
-        grad_scale: torch.Tensor | None,
-        grad: torch.Tensor | None,
-        lse: torch.Tensor | None = None,
-        *,
-        known_lse: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return kernel(logits, target, options, grad_scale, grad, lse, shard)
-
-    return run

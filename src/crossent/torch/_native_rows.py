@@ -112,9 +112,12 @@ def loss_and_grad(
     grad_scale: torch.Tensor | None,
     grad: torch.Tensor | None,
     lse: torch.Tensor | None = None,
+    *,
+    known_lse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`crossent.torch._torch_ops.loss_and_grad` by the compiled kernel (where
-    :func:`runs` says it may): float32 losses, a chunk of rows per call on the thread pool."""
+    :func:`runs` says it may): float32 losses, a chunk of rows per call on the thread pool.
+    ``known_lse`` is not used (the kernel's row is in cache for its log-sum-exp anyway)."""
     assert _native is not None
     assert NATIVE_LEVEL is not None
     rows, classes = logits.shape

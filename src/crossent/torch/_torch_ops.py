@@ -81,12 +81,15 @@ def loss_and_grad(
     grad_scale: torch.Tensor | None,
     grad: torch.Tensor | None,
     lse: torch.Tensor | None = None,
+    *,
+    known_lse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Row losses ``(R,)`` in nats for logits ``(R, C)``; fills ``grad`` ``(R, C)`` if given.
 
     ``grad_scale`` multiplies the gradient: a 0-d tensor (1 / denominator for a mean) or one
     factor per row ``(R,)`` (an upstream gradient). ``lse`` ``(R,)``, if given, receives each
     row's log-sum-exp. ``grad`` may be ``logits`` itself: the gradient then overwrites them.
+    ``known_lse`` is not used: the pass computes each row's log-sum-exp again, in the cache.
     The computation runs in :func:`~crossent.torch._spec.compute_dtype`.
     """
     rows, classes = logits.shape

@@ -36,8 +36,10 @@ def loss_and_grad(
     options: LossOptions,
     grad_scale: torch.Tensor | None,
     grad: torch.Tensor | None,
-    lse: torch.Tensor | None,
+    lse: torch.Tensor | None = None,
+    *,
     shard: Shard,
+    known_lse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`crossent.torch._torch_ops.loss_and_grad` of a shard's logits ``(R, C_r)``,
     combined with the other shards': every row's loss over all classes, this slice's gradient
