@@ -270,11 +270,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx.in_forward = in_forward
         ctx.save_for_backward(hidden, weight, bias, target, class_weight, result.lse, *saved)
         ctx.mark_non_differentiable(result.lse)
+        ctx.set_materialize_grads(False)  # no zeros made for the log-sum-exps' "gradient"
         loss = reduce_rows(result.losses * options.scale, denominator, options.reduction)
         return loss, result.lse
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: torch.Tensor, _grad_lse: Any) -> tuple[Any, ...]:
+    def backward(ctx: Any, grad_loss: torch.Tensor | None, _grad_lse: Any) -> tuple[Any, ...]:
+        if grad_loss is None:  # nothing flows back into the loss
+            return (None,) * 6
         call: HeadCall = ctx.call
         hidden, weight, bias, target, class_weight, lse, *saved = ctx.saved_tensors
         options = replace(call.options, weight=class_weight)

@@ -198,13 +198,16 @@ class _CrossEntropy(torch.autograd.Function):
         logits, target, weight, call = inputs
         _, grad, lse = output
         ctx.mark_non_differentiable(grad, lse)
+        ctx.set_materialize_grads(False)  # not N × C zeros for the gradient output's "gradient"
         ctx.call, ctx.shape, ctx.used = call, logits.shape, False
         ctx.reduction, ctx.inplace = call.options.reduction, call.inplace  # as scale_saved reads
         kept = None if call.inplace and call.gradient == "forward" else logits
         ctx.save_for_backward(kept, target, weight, grad, lse)
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any) -> tuple[Any, ...]:
+    def backward(ctx: Any, grad_loss: torch.Tensor | None, *_: Any) -> tuple[Any, ...]:
+        if grad_loss is None:  # nothing flows back into the loss
+            return None, None, None, None
         logits, target, weight, grad, lse = ctx.saved_tensors
         call: _Call = ctx.call
         want_x, want_t = ctx.needs_input_grad[:2]
