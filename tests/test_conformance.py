@@ -333,15 +333,24 @@ def kernel(rows_kernel: Callable[..., torch.Tensor] | None, triton: bool = False
         yield
 
 
-def _logits_run(rows_kernel, triton=False, create_graph=False) -> Callable[[Case, Inputs], Tensors]:
+def _logits_run(
+    rows_kernel, triton=False, create_graph=False, device="cpu"
+) -> Callable[[Case, Inputs], Tensors]:
+    """``cross_entropy`` with the dispatch rule pinned (``rows_kernel``), or as it is (None),
+    on ``device``; the results back on the CPU."""
+
     def run(case: Case, inputs: Inputs) -> Tensors:
-        x = laid_out(inputs.logits.to(case.dtype), case.layout).requires_grad_()
-        target = inputs.target.to(case.dtype) if case.probability else inputs.target
-        with kernel(rows_kernel, triton):
-            loss = cross_entropy(x, target, **options_of(case, inputs, case.dtype))  # type: ignore[arg-type]
-            upstream = inputs.upstream.to(loss.dtype)
+        x = laid_out(inputs.logits.to(case.dtype), case.layout).to(device).requires_grad_()
+        target = (inputs.target.to(case.dtype) if case.probability else inputs.target).to(device)
+        options = options_of(case, inputs, case.dtype)
+        if options["weight"] is not None:
+            options["weight"] = options["weight"].to(device)  # type: ignore[attr-defined]
+        pinned = kernel(rows_kernel, triton) if device == "cpu" else contextlib.nullcontext()
+        with pinned:
+            loss = cross_entropy(x, target, **options)  # type: ignore[arg-type]
+            upstream = inputs.upstream.to(loss.dtype).to(device)
             (grad,) = torch.autograd.grad(loss, x, upstream, create_graph=create_graph)
-        return loss.detach(), grad.detach()
+        return loss.detach().cpu(), grad.detach().cpu()
 
     return run
 
@@ -361,15 +370,21 @@ def _native_accepts(case: Case) -> bool:
     return case.dtype == torch.float32 and not case.probability and "softcap" not in case.options
 
 
-def _head_run(low_memory: bool, tiles: object | None = None) -> Callable[[Case, Inputs], Tensors]:
+def _head_run(
+    low_memory: bool, tiles: object | None = None, device: str = "cpu"
+) -> Callable[[Case, Inputs], Tensors]:
+    """``linear_cross_entropy`` with the low-memory backend pinned (``tiles``) or as the
+    dispatch rule picks it (None), on ``device``; the results back on the CPU."""
+
     def run(case: Case, inputs: Inputs) -> Tensors:
-        tensors = [t.to(case.dtype).requires_grad_() for t in
+        tensors = [t.to(case.dtype).to(device).requires_grad_() for t in
                    (inputs.hidden, inputs.head_weight, inputs.head_bias)]  # fmt: skip
-        target = inputs.target.to(case.dtype) if case.probability else inputs.target
+        target = (inputs.target.to(case.dtype) if case.probability else inputs.target).to(device)
         if case.probability and target.dim() > 1:
             target = target.movedim(1, -1)  # the head's probabilities: (examples..., C)
         options = options_of(case, inputs, case.dtype)
-        options["class_weight"] = options.pop("weight")
+        weight = options.pop("weight")
+        options["class_weight"] = None if weight is None else weight.to(device)  # type: ignore[attr-defined]
         with pytest.MonkeyPatch.context() as patch:
             if tiles is not None:
                 patch.setattr(_dispatch, "head_tiles", lambda hidden: tiles)
@@ -377,8 +392,9 @@ def _head_run(low_memory: bool, tiles: object | None = None) -> Callable[[Case, 
                 tensors[0], tensors[1], target, bias=tensors[2], low_memory=low_memory,
                 chunk_size=None if low_memory else 3, **options,  # type: ignore[arg-type]
             )  # fmt: skip
-            grads = torch.autograd.grad(loss, tensors, inputs.upstream.to(loss.dtype))
-        return (loss.detach(), *grads)
+            upstream = inputs.upstream.to(loss.dtype).to(device)
+            grads = torch.autograd.grad(loss, tensors, upstream)
+        return (loss.detach().cpu(), *(g.cpu() for g in grads))
 
     return run
 
@@ -393,16 +409,25 @@ def _triton_tiles() -> object:
     return tiles
 
 
-def _interpreted(case: Case) -> bool:
-    return case.dtype != torch.float64 and _triton_available()
-
-
-def _triton_available() -> bool:
+def _triton_installed() -> bool:
     try:
         import triton  # noqa: F401
     except ImportError:
         return False
-    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+    return True
+
+
+INTERPRETER = _triton_installed() and os.environ.get("TRITON_INTERPRET") == "1"
+CUDA = _triton_installed() and torch.cuda.is_available()
+
+
+def _interpreted(case: Case) -> bool:
+    """Triton's interpreter runs the kernels on CPU tensors (no GPU; conftest.py sets it)."""
+    return case.dtype != torch.float64 and INTERPRETER
+
+
+def _triton_available() -> bool:
+    return INTERPRETER or CUDA
 
 
 def _triton_rows(*args, **kwargs) -> torch.Tensor:
@@ -424,8 +449,23 @@ BACKENDS = [
     Backend("head, blocks of classes", "_class_blocks", _head_run(True, _class_blocks),
             _low_memory_accepts, head=True),
     Backend("head, Triton tiles", "_triton/linear_cross_entropy",
-            _head_run(True, _triton_tiles()) if _triton_available() else _head_run(True),
+            _head_run(True, _triton_tiles()) if INTERPRETER else _head_run(True),
             lambda case: _low_memory_accepts(case) and _interpreted(case), head=True),
+    # on a GPU: the public functions as they are, the dispatch rule choosing (Triton kernels)
+    *(
+        [
+            Backend("CUDA: cross_entropy", "_triton/cross_entropy",
+                    _logits_run(None, device="cuda")),
+            Backend("CUDA: double backward", "_differentiable",
+                    _logits_run(None, create_graph=True, device="cuda")),
+            Backend("CUDA: head, chunked", "_head_pass", _head_run(False, device="cuda"),
+                    head=True),
+            Backend("CUDA: head, Triton tiles", "_triton/linear_cross_entropy",
+                    _head_run(True, device="cuda"), _low_memory_accepts, head=True),
+        ]
+        if CUDA
+        else []
+    ),
 ]  # fmt: skip
 
 
@@ -542,7 +582,8 @@ def test_the_rows_kernels_at_the_block_sizes_a_gpu_takes(classes: int, dtype: to
     everything = {"label_smoothing": 0.1, "z_loss": 1e-4, "softcap": 30.0, "weight": True}
     case = Case("GPU blocks", shape=(3, classes), dtype=dtype, minus_inf=True, options=everything)
     inputs = make_inputs(case)
-    got = _logits_run(_triton_rows, triton=True)(case, inputs)
+    device = "cuda" if CUDA else "cpu"
+    got = _logits_run(_triton_rows, triton=True, device=device)(case, inputs)
     assert_conforms(case, got, oracle(case, inputs, False), plain(case, inputs, False))
 
 
@@ -552,12 +593,13 @@ def test_the_tiles_at_the_sizes_a_gpu_takes(monkeypatch, dtype: torch.dtype) -> 
     """The head's tiles at a GPU's sizes (the interpreter's products in float32, as
     ``UPCAST`` says), with a GPU's number of class splits."""
     tiles = _triton_tiles()
-    gpu = tiles.tiles(dtype, True, False)  # type: ignore[attr-defined]
-    monkeypatch.setattr(tiles, "_tiles_for", lambda hidden: replace(gpu, UPCAST=True))
-    monkeypatch.setattr(tiles, "_splits", lambda hidden, rows, blocks: min(blocks, 3))
+    if not CUDA:
+        gpu = tiles.tiles(dtype, True, False)  # type: ignore[attr-defined]
+        monkeypatch.setattr(tiles, "_tiles_for", lambda hidden: replace(gpu, UPCAST=True))
+        monkeypatch.setattr(tiles, "_splits", lambda hidden, rows, blocks: min(blocks, 3))
     case = Case("GPU tiles", shape=(3, 700), dtype=dtype, options={"z_loss": 1e-3})
     inputs = make_inputs(case)
-    got = _head_run(True, tiles)(case, inputs)
+    got = _head_run(True, tiles, device="cuda" if CUDA else "cpu")(case, inputs)
     assert_conforms(case, got, oracle(case, inputs, True), plain(case, inputs, True))
 
 
