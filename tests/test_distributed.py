@@ -444,3 +444,18 @@ def _unpicklable(rank: int, world: int) -> object:
 def test_a_result_that_cannot_be_sent_back_is_that_ranks_error() -> None:
     with pytest.raises(WorkerError, match=r"rank 0 failed:(?s:.*)(pickle|Pickling)"):
         launch(_unpicklable, 1, timeout=60)
+
+
+def test_double_backward_through_a_split_loss_is_a_clear_error() -> None:
+    """The vocabulary-parallel losses' gradient is not a graph: create_graph=True raises an
+    error that says so, never a detached gradient."""
+    with pytest.raises(WorkerError, match=r"double backward"):
+        launch(_double_backward_of_a_shard, 2, timeout=120)
+
+
+def _double_backward_of_a_shard(rank: int, world: int) -> None:
+    from crossent.torch.distributed import vocab_parallel_cross_entropy
+
+    logits = torch.randn(4, 3, requires_grad=True)
+    loss = vocab_parallel_cross_entropy(logits, torch.tensor([0, 1, 5, 2]))
+    torch.autograd.grad(loss, logits, create_graph=True)
