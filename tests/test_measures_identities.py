@@ -6,10 +6,13 @@ import math
 
 import numpy as np
 import pytest
+import scipy.special
+import scipy.stats
 import torch
 from hypothesis import given
 
 import crossent
+from crossent import measures
 from tests.conftest import batches, random_logits, random_logits_and_forms, random_probs
 
 
@@ -44,33 +47,20 @@ def test_cross_entropy_is_entropy_plus_kl(batch: tuple) -> None:
 
 @given(batches())
 def test_nll_of_one_hot_targets_is_their_cross_entropy(batch: tuple) -> None:
+    """The NLL of observed classes (gathered: −log q_y) against SciPy's log-softmax, and
+    against the cross entropy and KL divergence of their one-hot distributions (summed over
+    every class, another code path)."""
     rng, (rows, classes) = batch
     z = random_logits(rng, (rows, classes))
     y = np.array([rng.choice(np.flatnonzero(np.isfinite(row))) for row in z])
     one_hot = np.eye(classes)[y]
-    as_nll = crossent.nll(target_index=y, pred_logits=z)
-    np.testing.assert_array_equal(as_nll, crossent.cross_entropy(target_index=y, pred_logits=z))
-    np.testing.assert_allclose(
-        as_nll, crossent.cross_entropy(target_probs=one_hot, pred_logits=z), rtol=1e-15
-    )
-    np.testing.assert_allclose(
-        as_nll, crossent.kl_divergence(target_probs=one_hot, pred_logits=z), rtol=1e-15
-    )
-
-
-@given(batches())
-def test_batch_nll_is_the_sum_and_mean_is_per_example(batch: tuple) -> None:
-    rng, (rows, classes) = batch
-    q = random_probs(rng, (rows, classes), zero_fraction=0.0)
-    y = rng.integers(0, classes, size=rows)
-    per_example = crossent.nll(target_index=y, pred_probs=q)
-    total = crossent.nll(target_index=y, pred_probs=q, reduction="sum")
-    mean = crossent.nll(target_index=y, pred_probs=q, reduction="mean")
-    assert per_example.shape == (rows,)
-    assert total == pytest.approx(per_example.sum(), rel=1e-14)
-    assert mean == pytest.approx(total / rows, rel=1e-14)
-    # The batch NLL is minus the log of the joint likelihood Π_i q_i(y_i) (SEED.md §6).
-    assert total == pytest.approx(-np.log2(np.prod(q[np.arange(rows), y])), rel=1e-12)
+    as_nll = crossent.nll(target_index=y, pred_logits=z, base=math.e)
+    expected = -scipy.special.log_softmax(z, axis=-1)[np.arange(rows), y]
+    np.testing.assert_allclose(as_nll, expected, rtol=1e-13, atol=1e-14)
+    for measure in (crossent.cross_entropy, crossent.kl_divergence):
+        np.testing.assert_allclose(
+            as_nll, measure(target_probs=one_hot, pred_logits=z, base=math.e), rtol=1e-13
+        )
 
 
 @given(batches())
@@ -88,7 +78,9 @@ def test_base_conversion_and_perplexity(batch: tuple) -> None:
 
 @given(batches())
 def test_same_minimiser_kl_ce_and_nll_have_equal_gradients(batch: tuple) -> None:
-    """D(p ‖ q) − H(p, q) = −H(p) does not depend on the model, so their gradients agree."""
+    """D(p ‖ q) − H(p, q) = −H(p) does not depend on the model, so their gradients agree; for
+    one-hot p the NLL of the observed classes (a gather, not a sum) has that gradient too,
+    softmax(z) − p."""
     rng, shape = batch
     p, logits = random_probs(rng, shape), torch.from_numpy(rng.normal(size=shape))
     grads = []
@@ -97,6 +89,11 @@ def test_same_minimiser_kl_ce_and_nll_have_equal_gradients(batch: tuple) -> None
         measure(target_probs=torch.from_numpy(p), pred_logits=z, reduction="sum").backward()
         grads.append(z.grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+    y = torch.from_numpy(rng.integers(0, shape[1], size=shape[0]))
+    z = logits.clone().requires_grad_(True)
+    crossent.nll(target_index=y, pred_logits=z, reduction="sum", base=math.e).backward()
+    expected = torch.softmax(logits, -1) - torch.nn.functional.one_hot(y, shape[1])
+    torch.testing.assert_close(z.grad, expected, rtol=1e-12, atol=1e-12)
 
 
 @given(batches(max_rows=3, max_classes=4))
@@ -125,15 +122,24 @@ def test_probs_log_probs_and_logits_describe_the_same_distribution(batch: tuple)
         np.testing.assert_allclose(value, values[0], rtol=1e-12, atol=1e-14)
 
 
-@given(batches())
-def test_fused_and_differentiable_paths_give_the_same_values(batch: tuple) -> None:
-    """Probabilities without gradients take one fused kernel per term; with them, _ops."""
+@given(batches(max_rows=9))
+def test_the_blocked_and_the_differentiable_paths_match_scipy(batch: tuple) -> None:
+    """Without gradients a measure runs over blocks of rows, with them over the whole batch
+    through the autograd primitives: both against SciPy, with blocks of one row."""
     rng, shape = batch
-    p, q = (torch.from_numpy(random_probs(rng, shape)) for _ in range(2))
-    for measure in (crossent.cross_entropy, crossent.kl_divergence):
-        fused = measure(target_probs=p, pred_probs=q)
-        differentiable = measure(target_probs=p, pred_probs=q.clone().requires_grad_(True))
-        torch.testing.assert_close(fused, differentiable.detach(), rtol=1e-13, atol=1e-14)
+    p, q = random_probs(rng, shape), random_probs(rng, shape, zero_fraction=0.0)
+    expected_ce = -(scipy.special.xlogy(p, q)).sum(-1) / math.log(2)
+    expected_kl = scipy.stats.entropy(p, q, axis=-1, base=2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(measures, "_BLOCK_ELEMENTS", 1)  # a block per row
+        blocked = [m(target_probs=torch.from_numpy(p), pred_probs=torch.from_numpy(q))
+                   for m in (crossent.cross_entropy, crossent.kl_divergence)]  # fmt: skip
+    tracked = torch.from_numpy(q).requires_grad_(True)
+    whole = [m(target_probs=torch.from_numpy(p), pred_probs=tracked).detach()
+             for m in (crossent.cross_entropy, crossent.kl_divergence)]  # fmt: skip
+    for values in (blocked, whole):
+        np.testing.assert_allclose(values[0].numpy(), expected_ce, rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(values[1].numpy(), expected_kl, rtol=1e-10, atol=1e-13)
 
 
 @given(batches(max_rows=9))

@@ -114,3 +114,19 @@ def test_numpy_and_torch_give_the_same_numbers(batch: tuple) -> None:
     assert isinstance(from_numpy, np.ndarray)
     assert isinstance(from_torch, torch.Tensor)
     np.testing.assert_array_equal(from_numpy, from_torch.numpy())
+
+
+def test_perplexity_with_a_model_is_two_to_the_cross_entropy_by_hand() -> None:
+    """p = (1/2, 1/2) coded with q = (1/4, 3/4): H(p, q) = 1/2 · 2 + 1/2 · log2(4/3) bits, so the
+    perplexity is 2 · (4/3)^(1/2); the model matters (without it: H(p) = 1 bit, perplexity 2)."""
+    p, q = [[0.5, 0.5]], [[0.25, 0.75]]
+    expected = 2 * math.sqrt(4 / 3)
+    assert crossent.perplexity(target_probs=p, pred_probs=q) == pytest.approx(expected, rel=1e-14)
+    assert crossent.perplexity(target_probs=p) == pytest.approx(2.0, rel=1e-14)
+    logits = np.log(q)  # the same model as logits, and observed classes 0 and 1
+    per_example = crossent.perplexity(
+        target_index=[0, 1], pred_logits=np.repeat(logits, 2, axis=0), reduction="none"
+    )
+    np.testing.assert_allclose(per_example, [4.0, 4 / 3], rtol=1e-14)
+    mean = crossent.perplexity(target_index=[0, 1], pred_logits=np.repeat(logits, 2, axis=0))
+    assert mean == pytest.approx(expected, rel=1e-14)  # 2 ** mean bits: the geometric mean

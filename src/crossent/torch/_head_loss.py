@@ -42,7 +42,7 @@ from crossent.torch._head_pass import (
 )
 from crossent.torch._logits_loss import loss_of, transformed
 from crossent.torch._rows import denominators, grad_factor, reduce_rows
-from crossent.torch._saved import scale_saved
+from crossent.torch._saved import refuse_second_backward, scale_saved
 from crossent.torch._spec import LossOptions, compute_dtype, with_options_doc
 from crossent.torch._torch_ops import Shard
 
@@ -278,6 +278,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx: Any, grad_loss: torch.Tensor | None, _grad_lse: Any) -> tuple[Any, ...]:
         if grad_loss is None:  # nothing flows back into the loss
             return (None,) * 6
+        refuse_second_backward(ctx, "linear_cross_entropy")
         call: HeadCall = ctx.call
         hidden, weight, bias, target, class_weight, lse, *saved = ctx.saved_tensors
         options = replace(call.options, weight=class_weight)

@@ -37,7 +37,12 @@ from crossent.torch._rows import (
     reduce_rows,
     target_rows,
 )
-from crossent.torch._saved import empty_gradient, scale_saved, upstream_of
+from crossent.torch._saved import (
+    empty_gradient,
+    refuse_second_backward,
+    scale_saved,
+    upstream_of,
+)
 from crossent.torch._spec import LossOptions, compute_dtype, legacy_reduction, with_options_doc
 from crossent.torch._torch_ops import Shard
 
@@ -208,6 +213,7 @@ class _CrossEntropy(torch.autograd.Function):
     def backward(ctx: Any, grad_loss: torch.Tensor | None, *_: Any) -> tuple[Any, ...]:
         if grad_loss is None:  # nothing flows back into the loss
             return None, None, None, None
+        refuse_second_backward(ctx, "cross_entropy")
         logits, target, weight, grad, lse = ctx.saved_tensors
         call: _Call = ctx.call
         want_x, want_t = ctx.needs_input_grad[:2]

@@ -33,15 +33,21 @@ def scale_saved(
     if on_cpu and ctx.reduction != "none" and bool(grad_output == 1):
         return grads  # loss.backward() on a mean or sum: the gradients are ready as they are
     if ctx.inplace or not on_cpu:
-        if ctx.used:
-            raise RuntimeError(
-                f"crossent.torch.{name}: backward ran twice through the same loss; with "
-                "inplace_backward=True or on CUDA the gradient is scaled in place, so compute "
-                "the loss again instead of retain_graph=True"
-            )
+        refuse_second_backward(ctx, name)
         ctx.used = True
         return tuple(_times(grad, upstream, in_place=True) for grad in grads)
     return tuple(_times(grad, upstream, in_place=False) for grad in grads)  # kept: retain_graph
+
+
+def refuse_second_backward(ctx: Any, name: str) -> None:
+    """A second backward after the saved gradients were scaled in place: a clear error (called
+    before the saved tensors are read, whose version check would raise first, obscurely)."""
+    if ctx.used:
+        raise RuntimeError(
+            f"crossent.torch.{name}: backward ran twice through the same loss; with "
+            "inplace_backward=True or on CUDA the gradient is scaled in place, so compute "
+            "the loss again instead of retain_graph=True"
+        )
 
 
 def _times(grad: torch.Tensor, upstream: torch.Tensor, *, in_place: bool) -> torch.Tensor:
