@@ -15,7 +15,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 settings.register_profile("default", deadline=None, max_examples=60)
-settings.load_profile("default")
+# tools/mutate.py runs the tests once per mutant: fewer examples (HYPOTHESIS_PROFILE=mutation)
+settings.register_profile("mutation", deadline=None, max_examples=12, derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def random_probs(
