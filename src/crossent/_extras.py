@@ -52,8 +52,12 @@ def needs(user: str, extra: str | None = None) -> Iterator[None]:
     """Imports in the block that miss an optional dependency raise :class:`MissingExtraError`
     naming ``user`` and the extra to install (``extra``, else the dependency's own).
 
-    >>> with needs("crossent.classifier"):
-    ...     import pyarrow  # installed here, so nothing happens
+    >>> try:
+    ...     with needs("crossent train"):
+    ...         raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+    ... except MissingExtraError as error:
+    ...     print(error)
+    crossent train needs matplotlib, which is not installed: pip install 'crossent[classifier]'
     """
     try:
         yield
