@@ -1,8 +1,8 @@
 """The optional compiled CPU kernel; everything else is configured in pyproject.toml.
 
 Where no C compiler is found the build skips it (``optional=True``) and crossent runs the
-same loss with torch ops instead (:mod:`crossent.torch._torch_ops`), warning once that it is slower.
-A release build sets ``CROSSENT_REQUIRE_KERNEL=1`` so that a wheel never lacks it silently.
+same loss with torch ops instead (:mod:`crossent.torch._torch_ops`), warning once that it is
+slower. A release build sets ``CROSSENT_REQUIRE_KERNEL=1`` so that a wheel never lacks it.
 
 The kernel calls only CPython's limited API (the stable ABI of Python 3.10), so one wheel per
 platform, tagged ``cp310-abi3``, serves every Python from 3.10 on.
@@ -12,7 +12,7 @@ import os
 
 from setuptools import Extension, setup
 
-LIMITED_API = "0x030A0000"  # Py_LIMITED_API for Python 3.10: the stable ABI, checked by the compiler
+LIMITED_API = "0x030A0000"  # Python 3.10's stable ABI: Python.h declares nothing outside it
 FLAGS = [
     "-O3",
     "-std=c11",
