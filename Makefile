@@ -6,14 +6,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint check bench clean sanitize
+# torch goes in first, from the index pip is set up with (here: its CPU wheel). On a machine
+# without a GPU whose index would give the CUDA build (16 more packages, gigabytes), take
+# PyTorch's CPU wheels from PyTorch's own index:
+#     make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+TORCH_FROM := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
-# The CPU build of torch goes in first: a bare `torch` requirement would pull CUDA wheels.
-# The editable install also compiles the C kernel, so a change to it installs again.
+.PHONY: demo test lint check bench dist clean sanitize mutate
+
+# The editable install also compiles the C kernel, so a change to it installs again; the
+# kernels of earlier builds go first, or Python could load one of them instead.
 $(STAMP): pyproject.toml setup.py src/crossent/torch/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet $(TORCH_FROM) "torch==2.13.0"
+	rm -f src/crossent/torch/_native*.so
 	$(BIN)/python -m pip install --quiet -e ".[dev,transformers]"
 	touch $(STAMP)
 
@@ -36,8 +44,27 @@ sanitize: $(STAMP)
 	$(BIN)/python tools/exp_polynomial.py
 	$(BIN)/python tools/sanitize.py
 
+# Mutation testing of the core, a module at a time (tools/mutate.py; docs/testing.md has the
+# scores and how long it takes: hours on two cores, so not part of `make test`)
+mutate: $(STAMP)
+	$(BIN)/python tools/mutate.py
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_measures.py
 
+# What a release uploads, in dist/: the sdist and this platform's abi3 wheel, made manylinux
+# on Linux (`cibuildwheel`, configured in pyproject.toml, builds the other platforms' wheels).
+# The build fails rather than leave the compiled kernel out.
+dist: $(STAMP)
+	rm -rf dist
+	CROSSENT_REQUIRE_KERNEL=1 $(BIN)/python -m build --outdir dist/built
+	$(BIN)/abi3audit --strict --summary dist/built/*.whl
+	if [ "$$(uname)" = Linux ]; then \
+		PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/auditwheel repair --wheel-dir dist dist/built/*.whl; \
+	else cp dist/built/*.whl dist/; fi
+	mv dist/built/*.tar.gz dist/ && rm -rf dist/built
+	$(BIN)/twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist
+	rm -f src/crossent/torch/_native*.so

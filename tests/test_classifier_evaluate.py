@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import scipy.special
 import scipy.stats
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, log_loss
 
-from crossent.classifier.evaluate import Scorecard
+from crossent.classifier.evaluate import Scorecard, logistic_regression_reference
 
 
 def log(probs: np.ndarray) -> np.ndarray:
@@ -135,3 +136,33 @@ def test_nothing_to_score_and_bad_bins() -> None:
         Scorecard(["a", "b"]).report()
     with pytest.raises(ValueError, match="`bins` must be a positive integer; got 0"):
         Scorecard(["a", "b"], bins=0)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_the_reference_minimises_sgds_objective_for_two_classes_and_more(classes: int) -> None:
+    """LogisticRegression with the reference's C is the optimum of SGD's objective, mean NLL
+    + (λ/2)‖W‖²: the gradient there is 0. With two classes scikit-learn fits one vector d,
+    which stands for the softmax's rows −d/2 and d/2 (C = 1/(Nλ) would penalise twice)."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(300, 4))
+    labels = np.argmax(features[:, :classes] + rng.normal(size=(300, classes)), axis=1)
+    weight_decay = 0.05
+    reference = logistic_regression_reference(
+        (features, labels), (features, labels), classes, weight_decay
+    )
+    fitted = LogisticRegression(C=reference["C"], tol=1e-12, max_iter=10_000)
+    fitted.fit(features, labels)
+    rows, bias = fitted.coef_, fitted.intercept_
+    if classes == 2:
+        rows, bias = np.stack([-rows[0] / 2, rows[0] / 2]), np.array([-bias[0] / 2, bias[0] / 2])
+    weight = torch.tensor(rows, requires_grad=True)
+    offset = torch.tensor(bias, requires_grad=True)
+    logits = torch.from_numpy(features) @ weight.T + offset
+    objective = torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels))
+    (objective + weight_decay / 2 * (weight**2).sum()).backward()
+    assert weight.grad is not None
+    assert offset.grad is not None
+    assert float(weight.grad.abs().max()) < 1e-6
+    assert float(offset.grad.abs().max()) < 1e-6

@@ -6,12 +6,15 @@ Data flows one way: :mod:`~crossent.classifier.data` (tables in, checked arrays 
 bits, decomposition, calibration) → :mod:`~crossent.classifier.run` (the run folder).
 """
 
-from crossent.classifier.data import LabelledData, bundled, labelled, read_table, split
-from crossent.classifier.evaluate import Report, Scorecard
-from crossent.classifier.model import ModelCard, SoftmaxClassifier, load, save
-from crossent.classifier.predictions import predict_batches, score_file
-from crossent.classifier.run import Run, fit, write
-from crossent.classifier.train import History, SGDOptions, train
+from crossent._extras import needs
+
+with needs("crossent.classifier"):
+    from crossent.classifier.data import LabelledData, bundled, labelled, read_table, split
+    from crossent.classifier.evaluate import Report, Scorecard
+    from crossent.classifier.model import ModelCard, SoftmaxClassifier, load, save
+    from crossent.classifier.predictions import predict_batches, score_file
+    from crossent.classifier.run import Run, fit, write
+    from crossent.classifier.train import History, SGDOptions, train
 
 __all__ = [
     "History",

@@ -222,13 +222,17 @@ def logistic_regression_reference(
     """Held-out mean log loss of scikit-learn's LogisticRegression fitted on the same split.
 
     Features must already be standardised. The same regularisation as SGD's weight decay λ on
-    the mean loss, (λ/2)‖W‖², is C = 1 / (N λ) in scikit-learn's C Σ loss + ½‖W‖².
+    the mean loss, (λ/2)‖W‖², is C = 1 / (N λ) in scikit-learn's C Σ loss + ½‖W‖² for M > 2
+    classes. For M = 2 scikit-learn fits one weight vector d, the difference of the softmax's
+    two rows w₁ − w₀, and (λ/2)(‖w₀‖² + ‖w₁‖²) is least at w₁ = −w₀ = d/2, where it is
+    (λ/4)‖d‖²: the same regularisation is then C = 2 / (N λ).
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
 
     count = len(train[1])
-    strength = 1.0 / (count * weight_decay) if weight_decay > 0 else math.inf
+    rows_per_vector = 2.0 if num_classes == 2 else 1.0  # softmax rows behind each coef_ row
+    strength = rows_per_vector / (count * weight_decay) if weight_decay > 0 else math.inf
     fitted = LogisticRegression(C=strength, max_iter=10_000).fit(*train)
     probs = np.zeros((len(held_out[1]), num_classes))
     probs[:, fitted.classes_] = fitted.predict_proba(held_out[0])

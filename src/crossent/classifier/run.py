@@ -68,11 +68,7 @@ def fit(
     process is one rank of a process group that already exists (under torchrun), and every
     rank calls ``fit`` alike."""
     train_part, held_out = split(data, test_size, options.seed)
-    mean, scale = standardisation(train_part.features)
-    card = ModelCard(
-        data.classes, data.feature_names, data.target, hidden, mean, scale, options=asdict(options)
-    )
-    model = SoftmaxClassifier(card, seed=options.seed)
+    model = untrained(train_part, hidden, options)
     trainer: Any = functools.partial(train, data_parallel=data_parallel)
     if processes > 1:
         trainer = functools.partial(train_data_parallel, processes=processes)
@@ -101,10 +97,20 @@ def fit(
         held_out,
         log_probs,
         scorecard.report(),
-        _reference(train_part, held_out, card, options) if reference else None,
+        _reference(train_part, held_out, model.card, options) if reference else None,
         settings,
         len(train_part.labels),
     )
+
+
+def untrained(data: LabelledData, hidden: list[int], options: SGDOptions) -> SoftmaxClassifier:
+    """The model :func:`fit` trains on ``data``: its input standardised by ``data``'s feature
+    means and standard deviations, its weights initialised from ``options.seed``."""
+    mean, scale = standardisation(data.features)
+    card = ModelCard(
+        data.classes, data.feature_names, data.target, hidden, mean, scale, options=asdict(options)
+    )
+    return SoftmaxClassifier(card, seed=options.seed)
 
 
 def _reference(

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from crossent._extras import needs
 from crossent._files import atomic_path
 from crossent.measures import entropy
 
@@ -110,7 +111,8 @@ def compress(
     ``identity`` (e.g. hashes of the model and of the features) is stored in the header and
     must match at :func:`decompress`.
     """
-    import constriction
+    with needs("crossent.coding.compress"):
+        import constriction
 
     labels = np.ascontiguousarray(labels, dtype=np.int32)
     if len(labels) == 0:
@@ -153,7 +155,8 @@ def decompress(
     path: str | os.PathLike[str], weights: Weights, *, identity: dict[str, str]
 ) -> np.ndarray:
     """The labels coded in the file at ``path``, decoded under the same ``weights``."""
-    import constriction
+    with needs("crossent.coding.decompress"):
+        import constriction
 
     header, words = read(path)
     for key, value in identity.items():

@@ -11,6 +11,7 @@ releases the GIL).
 from __future__ import annotations
 
 import ctypes
+import warnings
 
 import torch
 
@@ -82,10 +83,37 @@ def runs(
     logits: torch.Tensor, target: torch.Tensor, options: LossOptions, grad: torch.Tensor | None
 ) -> bool:
     """Whether the compiled kernel computes this: float32 rows of unit column stride on the
-    CPU, index targets, no soft-capping, and a gradient (if any) whose rows do not overlap."""
+    CPU, index targets, no soft-capping, and a gradient (if any) whose rows do not overlap.
+    Where the kernel would but was not built, warns once that torch ops compute it, slower."""
+    suited = _suited(logits, target, options, grad)
+    if suited and not native_available():
+        _warn_without_kernel()
+    return suited and NATIVE_LEVEL is not None
+
+
+_warned_without_kernel = False
+
+
+def _warn_without_kernel() -> None:
+    """One warning per process that the compiled kernel is missing."""
+    global _warned_without_kernel
+    if not _warned_without_kernel:
+        _warned_without_kernel = True
+        warnings.warn(
+            "crossent.torch's compiled CPU kernel is not in this install (it is built where a "
+            "C compiler is found when crossent is installed), so float32 CPU losses run on "
+            "torch ops: the same numbers, about 3x slower. crossent.torch.native_available() "
+            "tells whether the kernel is there.",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
+def _suited(
+    logits: torch.Tensor, target: torch.Tensor, options: LossOptions, grad: torch.Tensor | None
+) -> bool:
     return (
-        NATIVE_LEVEL is not None
-        and logits.device.type == "cpu"
+        logits.device.type == "cpu"
         and logits.dtype == torch.float32
         and (logits.shape[1] <= 1 or logits.stride(1) == 1)
         and not target.is_floating_point()
