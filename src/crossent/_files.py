@@ -254,7 +254,9 @@ def _probe(path: Path) -> None:
     """Write and fsync 64 KiB at ``path``, then take them back: the place can hold a file."""
     handle = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
     try:
-        os.write(handle, bytes(_PROBE_BYTES))
+        written = 0
+        while written < _PROBE_BYTES:  # a write may stop short of a limit; the next one fails
+            written += os.write(handle, bytes(_PROBE_BYTES - written))
         os.fsync(handle)
         os.ftruncate(handle, 0)
     finally:
