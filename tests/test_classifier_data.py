@@ -135,7 +135,9 @@ def test_a_single_class_cannot_be_classified() -> None:
 
 
 def test_float_labels_are_refused() -> None:
-    with pytest.raises(ValueError, match="integer or string labels; got double"):
+    with pytest.raises(
+        ValueError, match="t, column 'y', must hold integer or text labels; it holds double"
+    ):
         labelled(pa.table({"a": [1.0, 2.0], "y": [0.5, 1.5]}), "y", "t")
 
 

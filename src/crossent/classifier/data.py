@@ -35,6 +35,7 @@ _SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 BLOCK_BYTES = 1 << 20  # read at a time; pyarrow's CSV reader holds up to 33 blocks
 _LONGEST_FIRST_ROW = 1 << 28  # bytes of the first rows read to size the blocks
 _ROWS_PER_BLOCK = 8  # at least, judging by the first rows' length
+_PARQUET_BUFFER = 1 << 16  # bytes read at a time from each column of a Parquet file
 
 
 @dataclass(frozen=True)
@@ -352,9 +353,10 @@ def _parquet_blocks(
     """Record batches of a Parquet file, each with the share of the file read so far."""
     source = repr(str(path))
     with _reading(path):
-        # pre_buffer=False and a read buffer: else pyarrow reads whole column chunks (a row
-        # group's worth), and keeps reading ahead, so memory grows with the row groups
-        file = pq.ParquetFile(path, pre_buffer=False, buffer_size=block_bytes)
+        # pre_buffer=False and a small read buffer per column: else pyarrow reads whole
+        # column chunks (a row group's worth) and reads ahead, so memory grows with the row
+        # groups; what it holds is then about a page (1 MiB by default) per column
+        file = pq.ParquetFile(path, pre_buffer=False, buffer_size=_PARQUET_BUFFER)
     with contextlib.closing(file):
         schema = file.schema_arrow
         check_unique(schema.names, source)
@@ -362,7 +364,9 @@ def _parquet_blocks(
         rows_per_batch = max(1, block_bytes // max(1, 8 * len(schema)))
         total, done = path.stat().st_size, 0
         with _reading(path):
-            for batch in file.iter_batches(batch_size=rows_per_batch):
+            # one thread: each decoding thread held pages of its own (52 MiB more at 21
+            # columns), and on two cores it was slower, not faster
+            for batch in file.iter_batches(batch_size=rows_per_batch, use_threads=False):
                 cast = _cast(batch, column_types, source, done)
                 done += batch.num_rows
                 yield cast, total * done // max(1, file.metadata.num_rows)
@@ -421,9 +425,7 @@ def _encode_new_labels(
     """The classes of a training target (sorted as numbers if integers) and the indices."""
     what = f"{source}, column {target!r},"
     if pa.types.is_floating(column.type):
-        raise ValueError(
-            f"target column {target!r} must hold integer or string labels; got {column.type}"
-        )
+        raise ValueError(f"{what} must hold integer or text labels; it holds {column.type}")
     text = label_text(column, what)
     _check_labelled(text, what, 0)
     classes = [str(value) for value in pc.unique(text).to_pylist()]

@@ -54,7 +54,8 @@ def _per_class(report: Report) -> Table:
         title="per class" + (f" (first {len(shown)} of {len(report.per_class)})" if more else ""),
         title_justify="left",
     )
-    table.add_column("class", justify="right", overflow="fold")  # a long label in full
+    # a long label (18446744073709551615) folds onto a second line, never cut to "1844…"
+    table.add_column("class", justify="right", overflow="fold")
     for header in ("examples", "frequency", "mean p(class)", "recall", "mean NLL, bits"):
         table.add_column(header, justify="right")
     for c in shown:
