@@ -94,8 +94,8 @@ def claimed(
     missing parent folders that were created for it are removed again.
     """
     path = Path(path)
-    if not Path(os.path.abspath(path)).name:
-        raise ValueError(f"{option} must name a file or folder; got {str(path)!r}")
+    if path.name in ("", ".", ".."):
+        raise ValueError(f"{option} must name a file or folder of its own; got {str(path)!r}")
     made: list[Path] = []
     try:
         with _output_errors(path):

@@ -400,13 +400,14 @@ def _cast(
 def _cast_column(
     column: pa.Array, kind: pa.DataType, name: str, source: str, first_row: int
 ) -> pa.Array:
-    index = first_failing(column, kind)
-    if index is not None:
-        raise ValueError(
-            f"{source} has {column[index].as_py()!r} at row {row_number(first_row + index)}, "
-            f"column {name!r}, where {expected(kind)} is expected"
-        )
-    return column.cast(kind)
+    try:
+        return column.cast(kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        index = first_failing(column, kind) or 0  # looked for only once a cast has failed
+    raise ValueError(
+        f"{source} has {column[index].as_py()!r} at row {row_number(first_row + index)}, "
+        f"column {name!r}, where {expected(kind)} is expected"
+    )
 
 
 @contextlib.contextmanager
