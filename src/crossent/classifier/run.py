@@ -10,6 +10,7 @@ per_class.png          mean cross entropy of each class's held-out examples
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import json
@@ -135,7 +136,9 @@ def write(run: Run, folder: Path, *, replace: bool = False) -> None:
         write_into(run, temporary)
 
 
-def claim(folder: Path, *, replace: bool = False, option: str = "--out") -> Any:
+def claim(
+    folder: Path, *, replace: bool = False, option: str = "--out"
+) -> contextlib.AbstractContextManager[Path]:
     """Claim the run folder ``folder`` (see :func:`crossent._files.claimed`): a context that
     yields the temporary folder to :func:`write_into`, and puts it at ``folder`` at its end."""
     return claimed(folder, folder=True, force=replace, option=option, recognise=recognise)

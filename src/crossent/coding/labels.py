@@ -181,7 +181,7 @@ def decompress(
         )
     labels = _decode(words, weights, header, name)
     if _labels_hash(labels) != header["labels_sha256"]:
-        raise ValueError("the decoded labels fail their checksum; refusing to return them")
+        raise ValueError(f"{name}: the decoded labels fail their checksum; refusing to return them")
     return labels
 
 
@@ -209,8 +209,9 @@ def _decode(words: np.ndarray, weights: Weights, header: dict[str, Any], name: s
             raise ValueError(f"{name} is damaged: its labels do not decode ({error})") from None
     if predictions.hexdigest() != header["predictions_sha256"]:
         raise ValueError(
-            "the model's predictions here are not bit-identical to those at compression "
-            "(another machine, library version or thread count?); refusing to return labels"
+            f"{name}: the model's predictions here are not bit-identical to those at "
+            "compression (another machine, library version or thread count?); refusing to "
+            "return labels"
         )
     return np.concatenate(chunks) if chunks else np.empty(0, np.int32)
 
