@@ -28,6 +28,19 @@ from crossent._files import atomic_path
 
 WEIGHTS = "model.pt"
 CARD = "model.json"
+# what torch.load raises on damaged bytes, depending on where the damage is
+_DAMAGED_WEIGHTS = (
+    RuntimeError,
+    EOFError,
+    ValueError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    TypeError,
+    OverflowError,
+    MemoryError,
+    pickle.UnpicklingError,
+)
 
 
 @dataclass(frozen=True)
@@ -123,13 +136,14 @@ def load(folder: str | Path) -> SoftmaxClassifier:
     for name in (CARD, WEIGHTS):
         if not (folder / name).is_file():
             raise ValueError(f"{str(folder)!r} is not a crossent run: it has no {name}")
-    model = SoftmaxClassifier(_read_card(folder / CARD))
+    card = _read_card(folder / CARD)
     state = _read_weights(folder / WEIGHTS)
-    mismatch = _mismatch(model.state_dict(), state)
+    mismatch = _mismatch(_shapes(card), state)  # before the network is built: no allocation
     if mismatch is not None:
         raise ValueError(
             f"{str(folder / CARD)!r} does not match {str(folder / WEIGHTS)!r}: {mismatch}"
         )
+    model = SoftmaxClassifier(card)
     model.load_state_dict(state)
     return model.eval()
 
@@ -155,15 +169,17 @@ def _card_problem(fields: Any) -> str | None:
         return f"it has no {missing[0]!r}"
     if unknown := sorted(fields.keys() - known):
         return f"it has an unknown field {unknown[0]!r}"
+    names = fields["feature_names"]
+    features = len(names) if isinstance(names, list) else None
     checks = [
         ("classes", _texts(fields["classes"], at_least=2), "at least 2 different texts"),
         ("feature_names", _texts(fields["feature_names"], at_least=1), "different texts"),
         ("target", isinstance(fields["target"], str), "a text"),
         ("hidden", _widths(fields["hidden"]), "positive whole numbers"),
-        ("mean", _numbers(fields["mean"], len(fields["feature_names"])), "a number per feature"),
+        ("mean", _numbers(fields["mean"], features), "a number per feature"),
         (
             "scale",
-            _numbers(fields["scale"], len(fields["feature_names"]), positive=True),
+            _numbers(fields["scale"], features, positive=True),
             "a positive number per feature",
         ),
         ("options", isinstance(fields.get("options", {}), dict), "an object"),
@@ -189,8 +205,8 @@ def _widths(value: Any) -> bool:
     )
 
 
-def _numbers(value: Any, count: Any, *, positive: bool = False) -> bool:
-    if not isinstance(value, list) or not isinstance(count, int) or len(value) != count:
+def _numbers(value: Any, count: int | None, *, positive: bool = False) -> bool:
+    if not isinstance(value, list) or count is None or len(value) != count:
         return False
     return all(
         isinstance(v, (int, float)) and math.isfinite(v) and (v > 0 or not positive) for v in value
@@ -200,7 +216,7 @@ def _numbers(value: Any, count: Any, *, positive: bool = False) -> bool:
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
-    except (RuntimeError, EOFError, ValueError, KeyError, IndexError, pickle.UnpicklingError) as e:
+    except _DAMAGED_WEIGHTS as e:
         reason = (
             str(e).strip().split(". ")[0].splitlines()[0] if str(e).strip() else type(e).__name__
         )
@@ -212,16 +228,25 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _mismatch(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str | None:
+def _shapes(card: ModelCard) -> dict[str, tuple[int, ...]]:
+    """The shape of every weight of the network a card describes, by its state_dict name."""
+    widths = [len(card.feature_names), *card.hidden, len(card.classes)]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for layer, (width_in, width_out) in enumerate(itertools.pairwise(widths)):
+        shapes[f"network.{2 * layer}.weight"] = (width_out, width_in)  # Linear, then ReLU
+        shapes[f"network.{2 * layer}.bias"] = (width_out,)
+    return shapes
+
+
+def _mismatch(expected: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor]) -> str | None:
     """How the weights differ from the network the card describes, or None."""
     if missing := sorted(expected.keys() - state.keys()):
         return f"the weights have no {missing[0]!r}"
     if extra := sorted(state.keys() - expected.keys()):
         return f"the weights have {extra[0]!r}, which the card's network has not"
-    for name, tensor in expected.items():
-        if state[name].shape != tensor.shape:
+    for name, shape in expected.items():
+        if tuple(state[name].shape) != shape:
             return (
-                f"{name!r} has shape {tuple(state[name].shape)} in the weights, "
-                f"{tuple(tensor.shape)} by the card"
+                f"{name!r} has shape {tuple(state[name].shape)} in the weights, {shape} by the card"
             )
     return None
