@@ -57,24 +57,35 @@ def explain_csv(
     text = str(error).strip()
     column = re.match(r"In CSV column #(\d+): ", text)
     if column is not None:
-        names = _header(path, block)
-        index = int(column.group(1))
-        name = names[index] if index < len(names) else f"#{index + 1}"
-        kind = column_types.get(name)
-        found = _first_unconvertible(path, name, kind, block) if kind is not None else None
-        if kind is not None and found is not None:
-            row, value = found
-            where = f"at row {row}, column {name!r}"
-            return f"{source} has {value!r} {where}, where {expected(kind)} is expected"
-        return f"cannot read {source}, column {name!r}: {text[column.end() :]}"
-    if text.startswith("CSV parse error"):
-        ragged = _first_ragged_row(path)
-        if ragged is not None:
-            row, fields, header = ragged
-            return f"{source} has {fields} fields at row {row}, where the header has {header}"
+        index, reason = int(column.group(1)), text[column.end() :]
+        return _explain_value(path, source, index, reason, column_types, block)
+    if text.startswith("CSV parse error") and (ragged := _first_ragged_row(path)) is not None:
+        row, fields, header = ragged
+        return f"{source} has {fields} fields at row {row}, where the header has {header}"
     if text == "Empty CSV file":
         return f"{source} is empty: a CSV file needs a header row"
     return f"cannot read {source}: {text.splitlines()[0]}"
+
+
+def _explain_value(
+    path: Path,
+    source: str,
+    index: int,
+    reason: str,
+    column_types: dict[str, pa.DataType],
+    block: int,
+) -> str:
+    """The value of column ``index`` (from 0) that pyarrow could not convert, and where."""
+    names = _header(path, block)
+    name = names[index] if index < len(names) else f"#{index + 1}"
+    kind = column_types.get(name)
+    found = _first_unconvertible(path, name, kind, block) if kind is not None else None
+    if kind is None or found is None:
+        return f"cannot read {source}, column {name!r}: {reason}"
+    row, value = found
+    return (
+        f"{source} has {value!r} at row {row}, column {name!r}, where {expected(kind)} is expected"
+    )
 
 
 def _casts(values: pa.Array | pa.ChunkedArray, kind: pa.DataType) -> bool:
