@@ -27,6 +27,7 @@ from crossent.cli import compress, decompress, explain, predict, score, train
 
 _COMMANDS = (explain, train, predict, score, compress, decompress)
 _USERS_CHOICE = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR}
+_STOPPING = ("SIGTERM", "SIGHUP")  # signals that stop a command cleanly (no SIGHUP on Windows)
 
 
 class Stopped(BaseException):
@@ -105,7 +106,7 @@ def _stop_on_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    numbers = [signal.SIGTERM, signal.SIGHUP]
+    numbers = [getattr(signal, name) for name in _STOPPING if hasattr(signal, name)]
     previous = {number: signal.getsignal(number) for number in numbers}
     for number in numbers:
         if previous[number] == signal.SIG_DFL:

@@ -434,7 +434,8 @@ def _signals_held() -> Iterator[None]:
         yield
         return
     caught: list[int] = []
-    numbers = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    names = ("SIGINT", "SIGTERM", "SIGHUP")
+    numbers = [getattr(signal, name) for name in names if hasattr(signal, name)]
     previous = {number: signal.signal(number, lambda n, _: caught.append(n)) for number in numbers}
     try:
         yield
