@@ -582,7 +582,7 @@ def test_a_bad_csv_exits_2_every_time(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # 200 starts of the command: about 10 minutes on 2 busy cores
+@pytest.mark.timeout(1800)  # 200 starts of the command: 15 minutes on 2 busy cores
 def test_a_bad_csv_exits_2_every_time_in_200_runs_under_load(tmp_path: Path) -> None:
     """Before the reader was closed deterministically on a native file, 1 run in 6 to 1 in
     70 aborted after the message ("terminate called without an active exception"). Two runs
