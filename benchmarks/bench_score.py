@@ -204,7 +204,8 @@ def crossent_command() -> Path:
 def score_once(f: PredictionsFile, cache: str, report: Path) -> dict:
     """Run ``crossent score`` on ``f`` once; check its answer; return the measurements."""
     set_cache(f.path, cache)
-    command = [str(crossent_command()), "score", str(f.path), "--target", TARGET]
+    report.unlink(missing_ok=True)  # score refuses to replace an output (no --force: older
+    command = [str(crossent_command()), "score", str(f.path), "--target", TARGET]  # versions)
     command += ["--json", str(report)]
     with LoadMeter() as load:
         done = subprocess.run(

@@ -100,12 +100,10 @@ def test_missing_target_lists_the_columns() -> None:
         labelled(table, "lable", "t")
 
 
-def test_non_numeric_features_are_named() -> None:
-    table = pa.table({"a": [1.0, 2.0], "colour": ["red", "blue"], "y": [0, 1]})
+def test_non_numeric_features_are_named_with_row_and_value() -> None:
+    table = pa.table({"a": [1.0, 2.0, 3.0], "colour": ["1.5", "blue", "red"], "y": [0, 1, 0]})
     with pytest.raises(
-        ValueError,
-        match=r"features must be numeric; t has non-numeric columns "
-        r"'colour' \(string\)",
+        ValueError, match=r"features must be numbers; t has 'blue' at row 3, column 'colour'"
     ):
         labelled(table, "y", "t")
 
@@ -113,20 +111,21 @@ def test_non_numeric_features_are_named() -> None:
 @pytest.mark.parametrize(("value", "shown"), [(np.nan, "nan"), (np.inf, "inf"), (-np.inf, "-inf")])
 def test_non_finite_features_give_row_and_column(value: float, shown: str) -> None:
     table = pa.table({"a": [1.0, 2.0, 3.0], "b": [0.0, 0.0, value], "y": [0, 1, 0]})
-    with pytest.raises(ValueError, match=f"t has {shown} at row 2, column 'b'"):
+    with pytest.raises(ValueError, match=f"t has {shown} at row 4, column 'b'"):
         labelled(table, "y", "t")
 
 
 def test_missing_feature_value_gives_row(tmp_path: Path) -> None:
     path = tmp_path / "gap.csv"
     path.write_text("a,b,y\n1,2,0\n3,,1\n")
-    with pytest.raises(ValueError, match="feature 'b' has a missing value at row 1"):
+    with pytest.raises(ValueError, match="feature 'b' has a missing value at row 3 of t"):
         labelled(read_table(path), "y", "t")
 
 
-def test_row_numbers_count_from_the_start_of_the_file() -> None:
+def test_row_numbers_are_a_spreadsheets_from_the_start_of_the_file() -> None:
+    """Data row 1001 (counted from 0) is row 1003 of a spreadsheet: the header is row 1."""
     table = pa.table({"a": [1.0, np.nan]})
-    with pytest.raises(ValueError, match="at row 1001, column 'a'"):
+    with pytest.raises(ValueError, match="at row 1003, column 'a'"):
         feature_matrix(table, ["a"], "t", first_row=1000)
 
 
@@ -136,19 +135,22 @@ def test_a_single_class_cannot_be_classified() -> None:
 
 
 def test_float_labels_are_refused() -> None:
-    with pytest.raises(ValueError, match="integer or string labels; got double"):
+    with pytest.raises(
+        ValueError, match="t, column 'y', must hold integer or text labels; it holds double"
+    ):
         labelled(pa.table({"a": [1.0, 2.0], "y": [0.5, 1.5]}), "y", "t")
 
 
-def test_missing_label_gives_row() -> None:
-    with pytest.raises(ValueError, match="missing label at row 1"):
-        labelled(pa.table({"a": [1.0, 2.0, 3.0], "y": ["a", None, "b"]}), "y", "t")
+@pytest.mark.parametrize("missing", [None, "", "  "])
+def test_missing_label_gives_row(missing: str | None) -> None:
+    with pytest.raises(ValueError, match="t, column 'y', has no label at row 3"):
+        labelled(pa.table({"a": [1.0, 2.0, 3.0], "y": ["a", missing, "b"]}), "y", "t")
 
 
 def test_unknown_label_is_named_with_its_row() -> None:
     with pytest.raises(
         ValueError,
-        match=r"the label 'dog' at row 12, which is not one of the 2 "
+        match=r"the label 'dog' at row 14, which is not one of the 2 "
         r"classes \['cat', 'cow'\]",
     ):
         encode_labels(pa.array(["cat", "dog"]), ["cat", "cow"], "data", first_row=11)

@@ -219,9 +219,9 @@ def write(path: Path, text: str) -> Path:
             ["--target", "label"],
             r"target column \['label'\] not found in '.*'; its columns are \['a', 'b', 'y'\]",
         ),
-        ("a,b,y\n1,red,x\n3,blue,z\n", ["--target", "y"], r"non-numeric columns 'b' \(string\)"),
-        ("a,b,y\n1,2,x\n3,-inf,z\n", ["--target", "y"], r"has -inf at row 1, column 'b'"),
-        ("a,b,y\n1,2,x\n3,,z\n", ["--target", "y"], r"feature 'b' has a missing value at row 1"),
+        ("a,b,y\n1,red,x\n3,blue,z\n", ["--target", "y"], r"has 'red' at row 2, column 'b'"),
+        ("a,b,y\n1,2,x\n3,-inf,z\n", ["--target", "y"], r"has -inf at row 3, column 'b'"),
+        ("a,b,y\n1,2,x\n3,,z\n", ["--target", "y"], r"feature 'b' has a missing value at row 3"),
         ("a,b,y\n1,2,x\n3,4,x\n", ["--target", "y"], r"at least 2 classes.*only 'x'"),
         ("a,b,y\n1,2,x\n3,4,z\n", [], r"`--target` is required with DATA"),
     ],
@@ -244,7 +244,7 @@ def test_train_refuses_to_overwrite_a_run_without_force(
     (tmp_path / "r").mkdir()
     code, _, err = run(capsys, "train", "--dataset", "iris", *QUICK, "--out", tmp_path / "r")
     assert code == 2
-    assert "already exists; choose another --out or pass --force" in err
+    assert "already exists; pass --force to replace it, or choose another --out" in err
     code, _, _ = run(
         capsys, "train", "--dataset", "iris", *QUICK, "--out", tmp_path / "r", "--force"
     )
@@ -270,7 +270,7 @@ def test_predict_refuses_unknown_labels_and_missing_features(
         tmp_path / "out.csv",
     )
     assert code == 2
-    assert "has the label 'rose' at row 100, which is not one of the 3 classes" in err
+    assert "has the label 'rose' at row 102, which is not one of the 3 classes" in err
     assert not (tmp_path / "out.csv").exists()
     features = pa_csv.read_csv(data).drop_columns(["petal width (cm)"])
     pa_csv.write_csv(features, tmp_path / "fewer.csv")
@@ -288,25 +288,26 @@ def test_predict_refuses_unknown_labels_and_missing_features(
         (
             "a,0.5,0.5\nb,-0.1,1.1\n",
             [],
-            r"predictions must be probabilities in \[0, 1\]; got -0.1 at row 1, column 'a'",
+            r"predictions must be probabilities in \[0, 1\]; '.*p.csv' has -0.1 at row 3, "
+            r"column 'a'",
         ),
         (
             "a,0.5,0.5\nb,0.5,0.4\n",
             [],
-            r"must sum to 1 over the 2 class columns .* row 1 sums to 0.9",
+            r"must sum to 1 over the 2 class columns .* row 3 of '.*p.csv' sums to 0.9",
         ),
         (
             "a,0.5,0.5\nc,0.5,0.5\n",
             [],
-            r"the label 'c' at row 1, which is not one of the 2 classes",
+            r"the label 'c' at row 3, which is not one of the 2 classes",
         ),
-        ("a,0.5,0.5\nb,0.5,\n", [], r"class column 'b' has a missing value at row 1"),
+        ("a,0.5,0.5\nb,0.5,\n", [], r"class column 'b' has a missing value at row 3"),
         (
             "a,-0.7,-0.7\nb,0.1,-3\n",
             ["--layout", "log-probs"],
-            r"must be log-probabilities, ≤ 0; got 0.1 at row 1, column 'a'",
+            r"must be log-probabilities, ≤ 0; '.*p.csv' has 0.1 at row 3, column 'a'",
         ),
-        ("a,-0.7,-0.7\n", ["--layout", "log-probs"], r"row 0 sums to 0.99317"),
+        ("a,-0.7,-0.7\n", ["--layout", "log-probs"], r"row 2 of '.*p.csv' sums to 0.99317"),
         ("a,0.5,0.5\n", ["--classes", "a,c"], r"column \['c'\] not found"),
     ],
 )

@@ -4,13 +4,19 @@ Labels are identified by their text, so a model trained on the integer labels 0.
 file recognises the columns "0".."9" of a predictions file: ``classes`` are always strings,
 ordered numerically when the labels were integers and alphabetically otherwise.
 
-Rows in messages are counted from 0 over the data rows, header not counted.
+Every message names the file, the column, the row and the value. Rows are numbered as a
+spreadsheet shows the file: the header is row 1, the first row of data row 2.
+
+Large files are read in blocks of about 1 MiB (:func:`stream`), so memory does not grow with
+the file: pyarrow's CSV reader reads up to 33 blocks ahead of the one it hands out, so the
+block size bounds the memory it holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,9 +28,14 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from crossent._files import atomic_path
+from crossent.classifier._locate import expected, explain_csv, first_failing, row_number
 
 BUNDLED = ("iris", "wine", "digits", "breast_cancer")
 _SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+BLOCK_BYTES = 1 << 20  # read at a time; pyarrow's CSV reader holds up to 33 blocks
+_LONGEST_FIRST_ROW = 1 << 28  # bytes of the first rows read to size the blocks
+_ROWS_PER_BLOCK = 8  # at least, judging by the first rows' length
+_PARQUET_BUFFER = 1 << 16  # bytes read at a time from each column of a Parquet file
 
 
 @dataclass(frozen=True)
@@ -82,28 +93,39 @@ def _rows(data: LabelledData, rows: np.ndarray) -> LabelledData:
     return replace(data, features=data.features[rows], labels=data.labels[rows])
 
 
-def read_table(path: str | os.PathLike[str]) -> pa.Table:
-    """The whole of a CSV or Parquet file, its column types inferred."""
+def read_table(path: str | os.PathLike[str], *, text_columns: Sequence[str] = ()) -> pa.Table:
+    """The whole of a CSV or Parquet file, its column types inferred.
+
+    ``text_columns`` of a CSV file are read as text, not inferred: labels such as
+    18446744073709551615 (2**64 − 1, which pyarrow would read as a float) or "007" stay exact.
+    """
     path, kind = _existing(path)
-    if kind == "csv":
-        return pa_csv.read_csv(path)
-    return pq.read_table(path)
+    with _reading(path):
+        if kind == "csv":
+            table = _read_csv(path, {name: pa.string() for name in text_columns})
+        else:
+            table = pq.read_table(path)
+    check_unique(table.column_names, repr(str(path)))
+    return table
 
 
 def column_names(path: str | os.PathLike[str]) -> list[str]:
     """The column names of a CSV or Parquet file, read from its header."""
     path, kind = _existing(path)
-    if kind == "parquet":
-        return list(pq.read_schema(path).names)
-    with path.open("rb") as file:
-        header = pa_csv.open_csv(file, read_options=pa_csv.ReadOptions(block_size=1 << 24))
-        return list(header.schema.names)
+    with _reading(path):
+        if kind == "parquet":
+            names = list(pq.read_schema(path).names)
+        else:
+            with _csv_reader(path, {}, _csv_block_size(path, BLOCK_BYTES)) as (reader, _):
+                names = list(reader.schema.names)
+    check_unique(names, repr(str(path)))
+    return names
 
 
 def labelled(table: pa.Table, target: str, source: str) -> LabelledData:
     """Split a table into numeric, finite features and encoded labels of column ``target``."""
     check_columns(table.column_names, [target], "target column", source)
-    classes, labels = _encode_new_labels(table.column(target), target)
+    classes, labels = _encode_new_labels(table.column(target), target, source)
     feature_names = [name for name in table.column_names if name != target]
     if not feature_names:
         raise ValueError(f"{source} has no feature columns besides the target {target!r}")
@@ -116,15 +138,12 @@ def feature_matrix(
 ) -> np.ndarray:
     """Columns ``names`` as a float64 ``(N, D)`` array: numeric, no missing values, finite.
 
-    ``first_row`` is the position of the table's first row in the file, for messages.
+    ``first_row`` is the position of the table's first row among the file's data rows.
     """
     check_columns(table.column_names, names, "feature column", source)
     columns = [table.column(name) for name in names]
-    text = [name for name, column in zip(names, columns, strict=True) if not _numeric(column)]
-    if text:
-        kinds = ", ".join(f"{name!r} ({table.schema.field(name).type})" for name in text)
-        raise ValueError(f"features must be numeric; {source} has non-numeric columns {kinds}")
     for name, column in zip(names, columns, strict=True):
+        _check_numeric(column, name, source, first_row)
         check_no_missing(column, f"feature {name!r}", source, first_row)
     matrix = np.column_stack([_floats(column) for column in columns])
     _check_finite(matrix, names, source, first_row)
@@ -134,17 +153,34 @@ def feature_matrix(
 def encode_labels(
     values: pa.ChunkedArray | pa.Array, classes: Sequence[str], what: str, *, first_row: int = 0
 ) -> np.ndarray:
-    """Labels as int64 indices into ``classes``; a label outside them is an error."""
-    text = _as_text(values)
+    """Labels as int64 indices into ``classes``; a label outside them is an error.
+
+    ``what`` names the column in messages ("'x.csv', column 'y',").
+    """
+    text = label_text(values, what)
+    _check_labelled(text, what, first_row)
     index = pc.index_in(text, value_set=pa.array(list(classes), pa.string()))
     if index.null_count:
         row = _first_true(index.is_null())
         label = text[row].as_py()
         raise ValueError(
-            f"{what} has the label {label!r} at row {first_row + row}, which is not one of "
-            f"the {len(classes)} classes {_listing(classes)}"
+            f"{what} has the label {label!r} at row {row_number(first_row + row)}, which is not "
+            f"one of the {len(classes)} classes {_listing(classes)}"
         )
     return np.asarray(index.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def label_text(values: pa.ChunkedArray | pa.Array, what: str) -> pa.ChunkedArray | pa.Array:
+    """Labels as text, exactly as pyarrow writes them (2**64 − 1 as 18446744073709551615);
+    a column of lists, structs or other compound values is an error."""
+    kind = values.type
+    if pa.types.is_dictionary(kind):
+        values, kind = values.cast(kind.value_type), kind.value_type
+    if pa.types.is_string(kind):
+        return values
+    if pa.types.is_large_string(kind) or _is_scalar(kind):
+        return values.cast(pa.string())
+    raise ValueError(f"{what} must hold integer or text labels; it holds {kind}")
 
 
 def check_no_missing(
@@ -152,7 +188,7 @@ def check_no_missing(
 ) -> None:
     """A column must have no missing value; the message names the first one's row."""
     if column.null_count:
-        row = first_row + _first_true(column.is_null())
+        row = row_number(first_row + _first_true(column.is_null()))
         raise ValueError(f"{what} has a missing value at row {row} of {source}")
 
 
@@ -165,6 +201,18 @@ def check_columns(have: Sequence[str], want: Sequence[str], what: str, source: s
         )
 
 
+def check_unique(names: Sequence[str], source: str) -> None:
+    """Column names must differ: a name must say which column it means."""
+    seen: dict[str, int] = {}
+    for position, name in enumerate(names, start=1):
+        if name in seen:
+            raise ValueError(
+                f"{source} has two columns named {name!r} (columns {seen[name]} and "
+                f"{position}); give every column its own name"
+            )
+        seen[name] = position
+
+
 def file_kind(path: Path) -> str:
     """'csv' or 'parquet', from the file name's suffix."""
     kind = _SUFFIXES.get(path.suffix.lower())
@@ -175,24 +223,36 @@ def file_kind(path: Path) -> str:
     return kind
 
 
+def recognise_table(path: Path) -> str | None:
+    """None if the file at ``path`` is of its suffix's kind (a table that ``--force`` may
+    replace with another); else why it is not."""
+    with path.open("rb") as file:
+        head = file.read(4096)
+    if file_kind(path) == "parquet":
+        return None if head.startswith(b"PAR1") else "is not a Parquet file"
+    return "is not a CSV file: it holds binary data" if b"\0" in head else None
+
+
 def stream(
     path: str | os.PathLike[str],
     column_types: dict[str, pa.DataType],
     *,
     on_bytes: Callable[[int, int], None] | None = None,
-    block_bytes: int = 1 << 24,
-) -> Iterator[pa.RecordBatch]:
+    block_bytes: int = BLOCK_BYTES,
+) -> Generator[pa.RecordBatch, None, None]:
     """Record batches of a CSV or Parquet file, in constant memory.
 
-    ``on_bytes(done, total)`` reports progress through the file.
+    ``on_bytes(done, total)`` reports progress through the file. The file is closed when the
+    iterator is: use ``contextlib.closing`` so that it is, even when a batch is refused.
     """
     path, kind = _existing(path)
     total = path.stat().st_size
     blocks = _csv_blocks if kind == "csv" else _parquet_blocks
-    for batch, done in blocks(path, column_types, block_bytes):
-        if on_bytes is not None:
-            on_bytes(min(done, total), total)
-        yield batch
+    with contextlib.closing(blocks(path, column_types, block_bytes)) as batches:
+        for batch, done in batches:
+            if on_bytes is not None:
+                on_bytes(min(done, total), total)
+            yield batch
     if on_bytes is not None:
         on_bytes(total, total)
 
@@ -229,62 +289,208 @@ def _writer(kind: str, path: Path, schema: pa.Schema) -> Any:
     return pq.ParquetWriter(path, schema)
 
 
+def _read_csv(path: Path, column_types: dict[str, pa.DataType]) -> pa.Table:
+    convert = pa_csv.ConvertOptions(column_types=column_types)
+    try:
+        with pa.OSFile(str(path)) as file:
+            return pa_csv.read_csv(file, convert_options=convert)
+    except pa.ArrowInvalid as error:
+        raise ValueError(explain_csv(path, error, column_types, BLOCK_BYTES)) from None
+
+
 def _csv_blocks(
     path: Path, column_types: dict[str, pa.DataType], block_bytes: int
-) -> Iterator[tuple[pa.RecordBatch, int]]:
+) -> Generator[tuple[pa.RecordBatch, int], None, None]:
     """Record batches of a CSV file, each with the bytes of the file read so far."""
-    convert = pa_csv.ConvertOptions(column_types=column_types)
-    read = pa_csv.ReadOptions(block_size=block_bytes)
-    with path.open("rb") as file:
-        for batch in pa_csv.open_csv(file, read_options=read, convert_options=convert):
+    block = _csv_block_size(path, block_bytes)
+    with _csv_reader(path, column_types, block) as (reader, file):
+        check_unique(reader.schema.names, repr(str(path)))
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except pa.ArrowInvalid as error:
+                raise ValueError(explain_csv(path, error, column_types, block)) from None
             yield batch, file.tell()
+
+
+@contextlib.contextmanager
+def _csv_reader(
+    path: Path, column_types: dict[str, pa.DataType], block: int
+) -> Iterator[tuple[pa_csv.CSVStreamingReader, pa.NativeFile]]:
+    """pyarrow's streaming CSV reader and its native file, both closed deterministically.
+
+    A native file, not a Python one, because the reader reads ahead on a thread of its own:
+    on a Python file that thread needs the interpreter, and a reader left open when a
+    command ends on an error aborted it ("terminate called without an active exception").
+    """
+    with pa.OSFile(str(path)) as file:
+        try:
+            reader = pa_csv.open_csv(
+                file,
+                read_options=pa_csv.ReadOptions(block_size=block),
+                convert_options=pa_csv.ConvertOptions(column_types=column_types),
+            )
+        except pa.ArrowInvalid as error:
+            raise ValueError(explain_csv(path, error, column_types, block)) from None
+        try:
+            yield reader, file
+        finally:
+            reader.close()
+
+
+def _csv_block_size(path: Path, block_bytes: int) -> int:
+    """``block_bytes``, or more if the first rows are long: a block must hold whole rows."""
+    with path.open("rb") as file:
+        longest = max(len(file.readline(_LONGEST_FIRST_ROW)) for _ in range(2))
+    return max(block_bytes, _ROWS_PER_BLOCK * longest)
 
 
 def _parquet_blocks(
     path: Path, column_types: dict[str, pa.DataType], block_bytes: int
-) -> Iterator[tuple[pa.RecordBatch, int]]:
+) -> Generator[tuple[pa.RecordBatch, int], None, None]:
     """Record batches of a Parquet file, each with the share of the file read so far."""
-    # pre_buffer=False: with it, pyarrow keeps reading ahead and memory grows with the file
-    file = pq.ParquetFile(path, pre_buffer=False)
-    rows_per_batch = max(1, block_bytes // max(1, 8 * len(file.schema_arrow)))
-    total, done = path.stat().st_size, 0
-    for batch in file.iter_batches(batch_size=rows_per_batch):
-        done += batch.num_rows
-        yield _cast(batch, column_types), total * done // max(1, file.metadata.num_rows)
+    source = repr(str(path))
+    with _reading(path):
+        # pre_buffer=False and a small read buffer per column: else pyarrow reads whole
+        # column chunks (a row group's worth) and reads ahead, so memory grows with the row
+        # groups; what it holds is then about a page (1 MiB by default) per column
+        file = pq.ParquetFile(path, pre_buffer=False, buffer_size=_PARQUET_BUFFER)
+    with contextlib.closing(file):
+        schema = file.schema_arrow
+        check_unique(schema.names, source)
+        _check_types(schema, column_types, source)
+        rows_per_batch = max(1, block_bytes // max(1, 8 * len(schema)))
+        total, done = path.stat().st_size, 0
+        with _reading(path):
+            # one thread: each decoding thread held pages of its own (52 MiB more at 21
+            # columns), and on two cores it was slower, not faster
+            for batch in file.iter_batches(batch_size=rows_per_batch, use_threads=False):
+                cast = _cast(batch, column_types, source, done)
+                done += batch.num_rows
+                yield cast, total * done // max(1, file.metadata.num_rows)
 
 
-def _cast(batch: pa.RecordBatch, column_types: dict[str, pa.DataType]) -> pa.RecordBatch:
+def _check_types(schema: pa.Schema, column_types: dict[str, pa.DataType], source: str) -> None:
+    """Columns read as numbers or text must hold single values, not lists or structs."""
+    for field in schema:
+        wanted = column_types.get(field.name)
+        if wanted is not None and not (
+            _is_scalar(field.type) or pa.types.is_dictionary(field.type)
+        ):
+            raise ValueError(
+                f"{source}, column {field.name!r}, holds {field.type}, where "
+                f"{expected(wanted)} is expected"
+            )
+
+
+def _cast(
+    batch: pa.RecordBatch, column_types: dict[str, pa.DataType], source: str, first_row: int
+) -> pa.RecordBatch:
     arrays = [
-        batch.column(i).cast(column_types[name]) if name in column_types else batch.column(i)
+        _cast_column(batch.column(i), column_types[name], name, source, first_row)
+        if name in column_types
+        else batch.column(i)
         for i, name in enumerate(batch.schema.names)
     ]
     return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
 
 
-def _encode_new_labels(column: pa.ChunkedArray, target: str) -> tuple[list[str], np.ndarray]:
+def _cast_column(
+    column: pa.Array, kind: pa.DataType, name: str, source: str, first_row: int
+) -> pa.Array:
+    try:
+        return column.cast(kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        index = first_failing(column, kind) or 0  # looked for only once a cast has failed
+    raise ValueError(
+        f"{source} has {column[index].as_py()!r} at row {row_number(first_row + index)}, "
+        f"column {name!r}, where {expected(kind)} is expected"
+    )
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """pyarrow's errors while reading ``path`` as one line that names it."""
+    try:
+        yield
+    except (pa.ArrowException, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
+        raise ValueError(f"cannot read {str(path)!r}: {reason}") from None
+
+
+def _encode_new_labels(
+    column: pa.ChunkedArray, target: str, source: str
+) -> tuple[list[str], np.ndarray]:
     """The classes of a training target (sorted as numbers if integers) and the indices."""
-    if column.null_count:
-        row = _first_true(column.is_null())
-        raise ValueError(f"target column {target!r} has a missing label at row {row}")
+    what = f"{source}, column {target!r},"
     if pa.types.is_floating(column.type):
-        raise ValueError(
-            f"target column {target!r} must hold integer or string labels; got {column.type}"
-        )
-    unique = pc.unique(column).sort()
-    classes = [str(value) for value in unique.to_pylist()]
+        raise ValueError(f"{what} must hold integer or text labels; it holds {column.type}")
+    text = label_text(column, what)
+    _check_labelled(text, what, 0)
+    classes = [str(value) for value in pc.unique(text).to_pylist()]
+    if _all_match(classes, r"^[+-]?[0-9]+$"):
+        classes.sort(key=lambda label: (int(label), label))
+    else:
+        _refuse_decimals(text, classes, what)
+        classes.sort()
     if len(classes) < 2:
         shown = classes[0] if classes else "nothing"
         raise ValueError(
             f"target column {target!r} must hold at least 2 classes to classify; "
             f"it holds only {shown!r}"
         )
-    return classes, encode_labels(column, classes, f"target column {target!r}")
+    return classes, encode_labels(text, classes, what)
 
 
-def _as_text(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
-    if pa.types.is_dictionary(values.type):
-        values = values.cast(values.type.value_type)
-    return values if pa.types.is_string(values.type) else values.cast(pa.string())
+def _check_labelled(text: pa.ChunkedArray | pa.Array, what: str, first_row: int) -> None:
+    """Every row must have a label: no missing value, no empty text."""
+    empty = pc.or_kleene(text.is_null(), pc.equal(pc.utf8_trim_whitespace(text), ""))
+    if pc.any(empty).as_py():
+        row = row_number(first_row + _first_true(pc.fill_null(empty, True)))
+        raise ValueError(f"{what} has no label at row {row}")
+
+
+def _refuse_decimals(text: pa.ChunkedArray | pa.Array, classes: list[str], what: str) -> None:
+    """Text labels that are all decimal numbers ("0.5") are refused, as float labels are."""
+    if first_failing(pa.array(classes), pa.float64()) is None:
+        row = _first_true(pc.invert(pc.match_substring_regex(text, r"^[+-]?[0-9]+$")))
+        raise ValueError(
+            f"{what} must hold integer or text labels; it has the decimal number "
+            f"{text[row].as_py()!r} at row {row_number(row)}"
+        )
+
+
+def _all_match(texts: list[str], pattern: str) -> bool:
+    return bool(pc.all(pc.match_substring_regex(pa.array(texts, pa.string()), pattern)).as_py())
+
+
+def _is_scalar(kind: pa.DataType) -> bool:
+    """One number, text or truth value per row."""
+    return bool(
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_decimal(kind)
+    )
+
+
+def _check_numeric(column: pa.ChunkedArray, name: str, source: str, first_row: int) -> None:
+    """A feature column must hold numbers; the message shows the first value that is not one."""
+    if _numeric(column):
+        return
+    rule = "features must be numbers"
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise ValueError(f"{rule}; {source}, column {name!r}, holds {column.type}")
+    index = first_failing(column, pa.float64())
+    value = column[index if index is not None else 0].as_py()
+    raise ValueError(
+        f"{rule}; {source} has {value!r} at row {row_number(first_row + (index or 0))}, "
+        f"column {name!r}"
+    )
 
 
 def _numeric(column: pa.ChunkedArray) -> bool:
@@ -304,7 +510,7 @@ def _check_finite(matrix: np.ndarray, names: Sequence[str], source: str, first_r
         row, col = (int(i) for i in np.argwhere(bad)[0])
         raise ValueError(
             f"features must be finite; {source} has {float(matrix[row, col])!r} "
-            f"at row {first_row + row}, column {names[col]!r}"
+            f"at row {row_number(first_row + row)}, column {names[col]!r}"
         )
 
 

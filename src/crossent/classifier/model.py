@@ -10,8 +10,11 @@ A trained model lives in a folder as two files: ``model.pt`` (the weights, a pla
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
+import math
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,19 @@ from crossent._files import atomic_path
 
 WEIGHTS = "model.pt"
 CARD = "model.json"
+# what torch.load raises on damaged bytes, depending on where the damage is
+_DAMAGED_WEIGHTS = (
+    RuntimeError,
+    EOFError,
+    ValueError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    TypeError,
+    OverflowError,
+    MemoryError,
+    pickle.UnpicklingError,
+)
 
 
 @dataclass(frozen=True)
@@ -112,12 +128,125 @@ def save(model: SoftmaxClassifier, folder: Path) -> None:
 
 
 def load(folder: str | Path) -> SoftmaxClassifier:
-    """The model saved by :func:`save` in a run folder, ready to predict."""
+    """The model saved by :func:`save` in a run folder, ready to predict.
+
+    A missing, damaged or mismatched file is a ValueError naming it, never a half-loaded model.
+    """
     folder = Path(folder)
     for name in (CARD, WEIGHTS):
         if not (folder / name).is_file():
             raise ValueError(f"{str(folder)!r} is not a crossent run: it has no {name}")
-    card = ModelCard(**json.loads((folder / CARD).read_text()))
+    card = _read_card(folder / CARD)
+    state = _read_weights(folder / WEIGHTS)
+    mismatch = _mismatch(_shapes(card), state)  # before the network is built: no allocation
+    if mismatch is not None:
+        raise ValueError(
+            f"{str(folder / CARD)!r} does not match {str(folder / WEIGHTS)!r}: {mismatch}"
+        )
     model = SoftmaxClassifier(card)
-    model.load_state_dict(torch.load(folder / WEIGHTS, weights_only=True))
+    model.load_state_dict(state)
     return model.eval()
+
+
+def _read_card(path: Path) -> ModelCard:
+    try:
+        fields = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{str(path)!r} is damaged: it is not JSON ({error})") from None
+    problem = _card_problem(fields)
+    if problem is not None:
+        raise ValueError(f"{str(path)!r} is not a crossent model card: {problem}")
+    return ModelCard(**fields)
+
+
+def _card_problem(fields: Any) -> str | None:
+    """What is wrong with the fields of a model card, or None."""
+    if not isinstance(fields, dict):
+        return f"it holds a JSON {type(fields).__name__}, not an object"
+    known = {f.name for f in dataclasses.fields(ModelCard)}
+    required = known - {"options", "version"}
+    if missing := sorted(required - fields.keys()):
+        return f"it has no {missing[0]!r}"
+    if unknown := sorted(fields.keys() - known):
+        return f"it has an unknown field {unknown[0]!r}"
+    names = fields["feature_names"]
+    features = len(names) if isinstance(names, list) else None
+    checks = [
+        ("classes", _texts(fields["classes"], at_least=2), "at least 2 different texts"),
+        ("feature_names", _texts(fields["feature_names"], at_least=1), "different texts"),
+        ("target", isinstance(fields["target"], str), "a text"),
+        ("hidden", _widths(fields["hidden"]), "positive whole numbers"),
+        ("mean", _numbers(fields["mean"], features), "a number per feature"),
+        (
+            "scale",
+            _numbers(fields["scale"], features, positive=True),
+            "a positive number per feature",
+        ),
+        ("options", isinstance(fields.get("options", {}), dict), "an object"),
+    ]
+    for name, ok, rule in checks:
+        if not ok:
+            return f"{name!r} must be {rule}"
+    return None
+
+
+def _texts(value: Any, at_least: int) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) >= at_least
+        and all(isinstance(v, str) for v in value)
+        and len(set(value)) == len(value)
+    )
+
+
+def _widths(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+    )
+
+
+def _numbers(value: Any, count: int | None, *, positive: bool = False) -> bool:
+    if not isinstance(value, list) or count is None or len(value) != count:
+        return False
+    return all(
+        isinstance(v, (int, float)) and math.isfinite(v) and (v > 0 or not positive) for v in value
+    )
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except _DAMAGED_WEIGHTS as e:
+        reason = (
+            str(e).strip().split(". ")[0].splitlines()[0] if str(e).strip() else type(e).__name__
+        )
+        raise ValueError(f"{str(path)!r} is damaged: torch cannot read it ({reason})") from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ValueError(f"{str(path)!r} is not a crossent model: it holds no weights by name")
+    return state
+
+
+def _shapes(card: ModelCard) -> dict[str, tuple[int, ...]]:
+    """The shape of every weight of the network a card describes, by its state_dict name."""
+    widths = [len(card.feature_names), *card.hidden, len(card.classes)]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for layer, (width_in, width_out) in enumerate(itertools.pairwise(widths)):
+        shapes[f"network.{2 * layer}.weight"] = (width_out, width_in)  # Linear, then ReLU
+        shapes[f"network.{2 * layer}.bias"] = (width_out,)
+    return shapes
+
+
+def _mismatch(expected: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor]) -> str | None:
+    """How the weights differ from the network the card describes, or None."""
+    if missing := sorted(expected.keys() - state.keys()):
+        return f"the weights have no {missing[0]!r}"
+    if extra := sorted(state.keys() - expected.keys()):
+        return f"the weights have {extra[0]!r}, which the card's network has not"
+    for name, shape in expected.items():
+        if tuple(state[name].shape) != shape:
+            return (
+                f"{name!r} has shape {tuple(state[name].shape)} in the weights, {shape} by the card"
+            )
+    return None

@@ -22,6 +22,8 @@ import numpy as np
 from crossent.classifier.model import SoftmaxClassifier
 from crossent.classifier.train import EpochCallback, History, SGDOptions, Step, train
 
+STALL_TIMEOUT = 30.0  # seconds without a step of some rank before it is named as hung
+
 
 def train_data_parallel(
     model: SoftmaxClassifier,
@@ -33,16 +35,16 @@ def train_data_parallel(
     held_out: tuple[np.ndarray, np.ndarray] | None = None,
     on_step: Step | None = None,
     on_epoch: EpochCallback | None = None,
-    timeout: float | None = None,
+    timeout: float = STALL_TIMEOUT,
 ) -> History:
     """:func:`~crossent.classifier.train.train` on ``processes`` processes; ``model`` is
     fitted in place and the history is rank 0's, whose losses are those of whole batches.
 
-    ``timeout`` bounds the whole run in seconds (None: no bound); a rank that fails or waits
-    on the others for more than five minutes stops all of them with
-    :class:`crossent.torch.distributed.WorkerError`.
+    A rank that fails, dies, or finishes no step for ``timeout`` seconds (stopped, or stuck)
+    stops all of them with :class:`crossent.torch.distributed.WorkerError`, which names it.
     """
     from crossent.torch.distributed import launch
+    from crossent.torch.distributed.launch import COLLECTIVE_TIMEOUT
 
     def on_message(rank: int, message: tuple[Any, ...]) -> None:
         kind, *payload = message
@@ -56,7 +58,10 @@ def train_data_parallel(
         _train_rank,
         processes,
         args=(model, features, labels, options, held_out, wanted),
-        timeout=timeout,
+        stall_timeout=timeout,
+        # longer than the stall timeout, so that the rank that hung is named, not one that
+        # waited for it in a collective
+        collective_timeout=max(COLLECTIVE_TIMEOUT, 2 * timeout),
         on_message=on_message,
     )
     state, history = results[0]
@@ -74,18 +79,31 @@ def _train_rank(
     held_out: tuple[np.ndarray, np.ndarray] | None,
     wanted: tuple[bool, bool],
 ) -> tuple[dict[str, Any], History] | None:
-    """In a worker: train this rank's replica; rank 0 reports and returns the result."""
+    """In a worker: train this rank's replica, beating after every step; rank 0 reports
+    and returns the result."""
     from crossent.torch.distributed import report
+    from crossent.torch.distributed.launch import beat
 
     lead = rank == 0
+
+    def on_step(*step: Any) -> None:
+        beat()
+        if lead and wanted[0]:
+            report(("step", *step))
+
+    def on_epoch(*epoch: Any) -> None:
+        beat()
+        if lead and wanted[1]:
+            report(("epoch", *epoch))
+
     history = train(
         model,
         features,
         labels,
         options,
         held_out=held_out if lead else None,
-        on_step=(lambda *step: report(("step", *step))) if lead and wanted[0] else None,
-        on_epoch=(lambda *epoch: report(("epoch", *epoch))) if lead and wanted[1] else None,
+        on_step=on_step,
+        on_epoch=on_epoch,
         data_parallel=True,
     )
     return (model.state_dict(), history) if lead else None

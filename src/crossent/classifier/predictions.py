@@ -7,6 +7,7 @@ or its natural log (``"log-probs"``). Any model's predictions in this layout can
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Literal
@@ -16,7 +17,9 @@ import pyarrow as pa
 import torch
 
 from crossent._checks import sum_tolerance
+from crossent.classifier._locate import row_number
 from crossent.classifier.data import (
+    BLOCK_BYTES,
     check_columns,
     check_no_missing,
     column_names,
@@ -77,12 +80,12 @@ def score_file(
     classes: Sequence[str] | None = None,
     bins: int = 10,
     on_bytes: Callable[[int, int], None] | None = None,
-    block_bytes: int = 1 << 24,
+    block_bytes: int = BLOCK_BYTES,
 ) -> Report:
     """Score a predictions file against its label column ``target``, batch by batch.
 
     ``classes`` names the class columns; by default every column but ``target``. Memory is
-    a few times ``block_bytes``, the size of the blocks read, whatever the size of the file.
+    some 40 times ``block_bytes``, the size of the blocks read, whatever the size of the file.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"`--layout` must be one of {LAYOUTS}; got {layout!r}")
@@ -91,15 +94,19 @@ def score_file(
     types = {target: pa.string(), **dict.fromkeys(names, pa.float64())}
     scorecard = Scorecard(names, bins)
     first_row = 0
-    for batch in stream(path, types, on_bytes=on_bytes, block_bytes=block_bytes):
-        table = pa.Table.from_batches([batch])
-        check_columns(table.column_names, [target, *names], "column", source)
-        labels = encode_labels(
-            table.column(target), names, f"{source}, column {target!r},", first_row=first_row
-        )
-        values = np.column_stack([_floats(table.column(n), n, first_row, source) for n in names])
-        scorecard.update(_log_probs(values, layout, names, first_row), labels)
-        first_row += batch.num_rows
+    batches = stream(path, types, on_bytes=on_bytes, block_bytes=block_bytes)
+    with contextlib.closing(batches):  # the file is closed now, not whenever, on an error too
+        for batch in batches:
+            table = pa.Table.from_batches([batch])
+            check_columns(table.column_names, [target, *names], "column", source)
+            labels = encode_labels(
+                table.column(target), names, f"{source}, column {target!r},", first_row=first_row
+            )
+            values = np.column_stack(
+                [_floats(table.column(n), n, first_row, source) for n in names]
+            )
+            scorecard.update(_log_probs(values, layout, names, first_row, source), labels)
+            first_row += batch.num_rows
     return scorecard.report()
 
 
@@ -116,7 +123,7 @@ def _floats(column: pa.ChunkedArray, name: str, first_row: int, source: str) -> 
 
 
 def _log_probs(
-    values: np.ndarray, layout: Layout, names: Sequence[str], first_row: int
+    values: np.ndarray, layout: Layout, names: Sequence[str], first_row: int, source: str
 ) -> np.ndarray:
     """Natural-log probabilities of a checked batch: no NaN, in range, rows summing to 1."""
     tolerance = sum_tolerance(torch.float64)
@@ -127,8 +134,8 @@ def _log_probs(
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
         raise ValueError(
-            f"predictions {rule}; got {float(values[row, col])!r} at row {first_row + row}, "
-            f"column {names[col]!r}"
+            f"predictions {rule}; {source} has {float(values[row, col])!r} at row "
+            f"{row_number(first_row + row)}, column {names[col]!r}"
         )
     probs = values if layout == "probs" else np.exp(values)
     sums = probs.sum(axis=1)
@@ -137,7 +144,8 @@ def _log_probs(
         row = int(np.flatnonzero(off)[0])
         raise ValueError(
             f"predictions must sum to 1 over the {len(names)} class columns (within "
-            f"{tolerance:.1e}); row {first_row + row} sums to {sums[row]:.6g}"
+            f"{tolerance:.1e}); row {row_number(first_row + row)} of {source} sums to "
+            f"{sums[row]:.6g}"
         )
     with np.errstate(divide="ignore"):  # log 0 = −inf: a class the model rules out
         return np.log(values) if layout == "probs" else values

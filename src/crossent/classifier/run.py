@@ -10,6 +10,7 @@ per_class.png          mean cross entropy of each class's held-out examples
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import json
@@ -21,17 +22,19 @@ import numpy as np
 import pyarrow as pa
 
 import crossent
-from crossent._files import atomic_folder
+from crossent._files import claimed
 from crossent.classifier import model as saved_model
 from crossent.classifier.data import LabelledData, split, write_table
 from crossent.classifier.evaluate import Report, Scorecard, logistic_regression_reference
 from crossent.classifier.model import ModelCard, SoftmaxClassifier, standardisation
-from crossent.classifier.parallel import train_data_parallel
+from crossent.classifier.parallel import STALL_TIMEOUT, train_data_parallel
 from crossent.classifier.predictions import prediction_batch
 from crossent.classifier.train import EpochCallback, History, SGDOptions, Step, train
 
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
+PLOTS = ("loss.png", "reliability.png", "per_class.png")
+FILES = frozenset({saved_model.WEIGHTS, saved_model.CARD, METRICS, PREDICTIONS, *PLOTS})
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ def fit(
     reference: bool = True,
     processes: int = 1,
     data_parallel: bool = False,
+    timeout: float = STALL_TIMEOUT,
     on_step: Step | None = None,
     on_epoch: EpochCallback | None = None,
 ) -> Run:
@@ -66,12 +70,14 @@ def fit(
     With ``processes`` > 1 the training is data-parallel (:mod:`crossent.classifier.parallel`),
     and gives the single process's model up to float rounding; with ``data_parallel`` this
     process is one rank of a process group that already exists (under torchrun), and every
-    rank calls ``fit`` alike."""
+    rank calls ``fit`` alike. ``timeout`` is the seconds a process may go without finishing a
+    step before it is named as hung (:func:`~crossent.classifier.parallel.train_data_parallel`).
+    """
     train_part, held_out = split(data, test_size, options.seed)
     model = untrained(train_part, hidden, options)
     trainer: Any = functools.partial(train, data_parallel=data_parallel)
     if processes > 1:
-        trainer = functools.partial(train_data_parallel, processes=processes)
+        trainer = functools.partial(train_data_parallel, processes=processes, timeout=timeout)
     history = trainer(
         model,
         train_part.features,
@@ -127,16 +133,45 @@ def _reference(
 
 
 def write(run: Run, folder: Path, *, replace: bool = False) -> None:
-    """Write the run folder; on any error nothing is left at ``folder``."""
+    """Write the run folder; on any error nothing is left at ``folder``.
+
+    An existing ``folder`` is an error unless ``replace``, and then only a run folder is
+    replaced (see :func:`recognise`); the swap leaves the old or the new run at ``folder``
+    whenever the process is killed."""
+    with claim(folder, replace=replace) as temporary:
+        write_into(run, temporary)
+
+
+def claim(
+    folder: Path, *, replace: bool = False, option: str = "--out"
+) -> contextlib.AbstractContextManager[Path]:
+    """Claim the run folder ``folder`` (see :func:`crossent._files.claimed`): a context that
+    yields the temporary folder to :func:`write_into`, and puts it at ``folder`` at its end."""
+    return claimed(folder, folder=True, force=replace, option=option, recognise=recognise)
+
+
+def write_into(run: Run, folder: Path) -> None:
+    """Write the files of the run into the existing, empty ``folder``."""
     from crossent.classifier import plots  # matplotlib: only commands that draw import it
 
-    with atomic_folder(folder, replace=replace) as temporary:
-        saved_model.save(run.model, temporary)
-        (temporary / METRICS).write_text(json.dumps(metrics(run), indent=2) + "\n")
-        write_table(temporary / PREDICTIONS, _predictions(run))
-        plots.loss_curves(run.history, temporary / "loss.png")
-        plots.reliability_diagram(run.report, temporary / "reliability.png")
-        plots.per_class_cross_entropy(run.report, temporary / "per_class.png")
+    saved_model.save(run.model, folder)
+    (folder / METRICS).write_text(json.dumps(metrics(run), indent=2) + "\n")
+    write_table(folder / PREDICTIONS, _predictions(run))
+    plots.loss_curves(run.history, folder / PLOTS[0])
+    plots.reliability_diagram(run.report, folder / PLOTS[1])
+    plots.per_class_cross_entropy(run.report, folder / PLOTS[2])
+
+
+def recognise(folder: Path) -> str | None:
+    """None if ``folder`` is a run folder that ``--force`` may replace; else why it is not:
+    it must hold a model card and nothing but the files a run writes."""
+    names = sorted(entry.name for entry in folder.iterdir())
+    others = [name for name in names if name not in FILES]
+    if others:
+        return f"is not a crossent run folder: it holds {others[0]!r}, which a run does not write"
+    if saved_model.CARD not in names:
+        return f"is not a crossent run folder: it has no {saved_model.CARD}"
+    return None
 
 
 def metrics(run: Run) -> dict[str, Any]:

@@ -111,6 +111,9 @@ def train(
     through ``DistributedDataParallel``. The minibatch's NLL is then the sum of the parts'
     sums (SEED.md §6), so every rank minimises Σ_parts / B, and the steps, the losses reported
     and the trained weights are the single process's up to float rounding.
+
+    A minibatch loss of inf or NaN (SGD diverged: the learning rate is too high) stops the
+    training with a ValueError that names the epoch and the step, on every rank alike.
     """
     torch.manual_seed(options.seed)
     x = torch.from_numpy(np.asarray(features, dtype=np.float32))
@@ -136,6 +139,7 @@ def train(
             optimiser.step()
             scheduler.step()
             batch_sum = part.total(loss_sum.detach())
+            _check_finite(batch_sum, epoch, step, options)
             total, seen = total + batch_sum, seen + len(batch)
             if on_step is not None:
                 on_step(epoch, step, steps_per_epoch, batch_sum / len(batch) / math.log(2))
@@ -146,6 +150,15 @@ def train(
         if on_epoch is not None:
             on_epoch(epoch, history)
     return history
+
+
+def _check_finite(loss_sum: float, epoch: int, step: int, options: SGDOptions) -> None:
+    if not math.isfinite(loss_sum):
+        became = "NaN" if math.isnan(loss_sum) else "inf"
+        raise ValueError(
+            f"the training loss became {became} at epoch {epoch + 1}, step {step + 1}: "
+            f"lower --lr (it is {options.learning_rate:g})"
+        )
 
 
 @dataclass(frozen=True)

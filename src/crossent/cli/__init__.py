@@ -1,5 +1,9 @@
 """The ``crossent`` command: one module per subcommand, each with ``add_parser`` and ``run``.
 
+Every failure ends with one line on stderr, ``crossent COMMAND: error: ...``, and an exit
+status: 2 for the user's mistake (bad input, settings or output path), 1 for the system's (a
+full disk, a worker killed, an internal error), 130 on Ctrl-C and 128 + N when stopped by
+signal N (SIGTERM, SIGHUP). Never a traceback: set CROSSENT_TRACEBACK=1 to see one anyway.
 A command whose extra is not installed (``pip install 'crossent[classifier]'``, ...) is still
 listed, and running it says which extra to install, with exit status 2.
 """
@@ -7,16 +11,24 @@ listed, and running it says which extra to install, with exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import functools
 import importlib
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+import traceback
+from collections.abc import Iterator, Sequence
+from types import FrameType
 from typing import Any, NoReturn
 
 from rich.console import Console
 
 import crossent
 from crossent._extras import EXTRAS, optional_module
+from crossent._files import OutputError
 
 _COMMANDS = ("explain", "train", "predict", "score", "compress", "decompress")
 _EXTRA = {
@@ -27,6 +39,17 @@ _EXTRA = {
     "decompress": "compress",
 }
 """The extra that installs everything a command needs, where the core install does not."""
+_USERS_CHOICE = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR}
+_STOPPING = ("SIGTERM", "SIGHUP")  # signals that stop a command cleanly (no SIGHUP on Windows)
+
+
+class Stopped(BaseException):
+    """The command was asked to stop by a signal (SIGTERM, SIGHUP): unwinds like Ctrl-C, so
+    temporary outputs are removed and worker processes stopped on the way out."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(signal.Signals(number).name)
+        self.number = number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,21 +104,77 @@ def _extra(command: str, module: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``crossent``; bad input ends with a one-line error on stderr and exit status 2."""
+    """Run ``crossent``; a failure ends with a one-line error on stderr and its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.run(args, Console(highlight=False))
-    except (ValueError, TypeError) as error:
-        print(f"crossent {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except ModuleNotFoundError as error:
-        missing = _missing_extra(args.command, error)
-        if missing is None:
-            raise
-        print(f"crossent {args.command}: error: {missing}", file=sys.stderr)
-        return 2
+        with _stop_on_signals():
+            args.run(args, Console(highlight=False))
+    except (Exception, KeyboardInterrupt, Stopped) as error:
+        missing = (
+            _missing_extra(args.command, error) if isinstance(error, ModuleNotFoundError) else None
+        )
+        message, status = (missing, 2) if missing else explain_failure(error)
+        print(f"crossent {args.command}: error: {message}", file=sys.stderr)
+        if os.environ.get("CROSSENT_TRACEBACK"):
+            traceback.print_exc()
+        return status
     return 0
+
+
+def explain_failure(error: BaseException) -> tuple[str, int]:
+    """The one line to print for ``error``, and the exit status."""
+    from crossent.torch.distributed.launch import WorkerError
+
+    if isinstance(error, OutputError):
+        return str(error), error.status
+    if isinstance(error, WorkerError):
+        return (error.reason, 2) if error.user_error else (error.summary, 1)
+    if isinstance(error, (ValueError, TypeError)):
+        return _one_line(error), 2
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted", 130
+    if isinstance(error, Stopped):
+        return f"stopped by {error}", 128 + error.number
+    if isinstance(error, MemoryError):
+        return "out of memory", 1
+    if isinstance(error, OSError):
+        return _os_error(error)
+    return f"internal error, please report it: {type(error).__name__}: {_one_line(error)}", 1
+
+
+def _os_error(error: OSError) -> tuple[str, int]:
+    reason = error.strerror or _one_line(error)
+    where = f": {str(error.filename)!r}" if error.filename is not None else ""
+    return f"{reason}{where}", 2 if error.errno in _USERS_CHOICE else 1
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return " ".join(line.strip() for line in lines) if lines else type(error).__name__
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Make SIGTERM and SIGHUP raise :class:`Stopped` for the block, where their default
+    would end the process at once, leaving temporary outputs behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    numbers = [getattr(signal, name) for name in _STOPPING if hasattr(signal, name)]
+    previous = {number: signal.getsignal(number) for number in numbers}
+    for number in numbers:
+        if previous[number] == signal.SIG_DFL:
+            signal.signal(number, _raise_stopped)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _raise_stopped(number: int, frame: FrameType | None) -> None:
+    raise Stopped(number)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,13 @@ from crossent.coding.labels import Weights
 CHUNK_ELEMENTS = 1 << 20  # rows × classes per chunk of predictions: about 8 MB of float64
 
 
-def inputs(run_folder: Path, data: Path) -> tuple[SoftmaxClassifier, pa.Table, np.ndarray]:
-    """The trained model, the table of DATA and its features in the model's column order."""
+def inputs(
+    run_folder: Path, data: Path, target: str | None = None
+) -> tuple[SoftmaxClassifier, pa.Table, np.ndarray]:
+    """The trained model, the table of DATA and its features in the model's column order;
+    the ``target`` column is read as text (labels stay exact)."""
     model = saved_model.load(run_folder)
-    table = read_table(data)
+    table = read_table(data, text_columns=[target] if target is not None else [])
     features = feature_matrix(table, model.card.feature_names, repr(str(data)))
     return model, table, np.ascontiguousarray(features)
 

@@ -54,7 +54,9 @@ def _per_class(report: Report) -> Table:
         title="per class" + (f" (first {len(shown)} of {len(report.per_class)})" if more else ""),
         title_justify="left",
     )
-    for header in ("class", "examples", "frequency", "mean p(class)", "recall", "mean NLL, bits"):
+    # a long label (18446744073709551615) folds onto a second line, never cut to "1844…"
+    table.add_column("class", justify="right", overflow="fold")
+    for header in ("examples", "frequency", "mean p(class)", "recall", "mean NLL, bits"):
         table.add_column(header, justify="right")
     for c in shown:
         table.add_row(

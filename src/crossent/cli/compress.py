@@ -11,7 +11,8 @@ from rich.table import Table
 
 from crossent.classifier.data import check_columns, encode_labels
 from crossent.cli import _labels
-from crossent.coding.labels import Summary, compress
+from crossent.cli._output import add_force, claimed_file
+from crossent.coding.labels import Summary, compress, recognise
 
 
 def add_parser(commands: Any) -> None:
@@ -28,24 +29,27 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("data", metavar="DATA", type=Path, help="CSV or Parquet with labels")
     parser.add_argument("--target", required=True, help="the label column of DATA")
     parser.add_argument("-o", "--output", type=Path, required=True, help="file to write")
+    add_force(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, console: Console) -> None:
-    model, table, features = _labels.inputs(args.run_folder, args.data)
-    check_columns(table.column_names, [args.target], "target column", repr(str(args.data)))
-    labels = encode_labels(
-        table.column(args.target),
-        model.card.classes,
-        f"{str(args.data)!r}, column {args.target!r},",
-    )
-    summary = compress(
-        args.output,
-        labels,
-        _labels.weights_of(model, features),
-        identity=_labels.identity(args.run_folder, features),
-        chunk_rows=_labels.chunk_rows(model),
-    )
+    output = claimed_file(args.output, force=args.force, option="-o/--output", recognise=recognise)
+    with output as temporary:
+        model, table, features = _labels.inputs(args.run_folder, args.data, args.target)
+        check_columns(table.column_names, [args.target], "target column", repr(str(args.data)))
+        labels = encode_labels(
+            table.column(args.target),
+            model.card.classes,
+            f"{str(args.data)!r}, column {args.target!r},",
+        )
+        summary = compress(
+            temporary,
+            labels,
+            _labels.weights_of(model, features),
+            identity=_labels.identity(args.run_folder, features),
+            chunk_rows=_labels.chunk_rows(model),
+        )
     console.print(report(summary, args.output))
 
 

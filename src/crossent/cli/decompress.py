@@ -10,8 +10,9 @@ import numpy as np
 import pyarrow as pa
 from rich.console import Console
 
-from crossent.classifier.data import write_table
+from crossent.classifier.data import file_kind, recognise_table, write_table
 from crossent.cli import _labels
+from crossent.cli._output import add_force, claimed_file
 from crossent.coding.labels import decompress
 
 
@@ -31,16 +32,23 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "-o", "--output", type=Path, required=True, help="labels to write, .csv or .parquet"
     )
+    add_force(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, console: Console) -> None:
-    model, _, features = _labels.inputs(args.run_folder, args.data)
-    labels = decompress(
-        args.compressed,
-        _labels.weights_of(model, features),
-        identity=_labels.identity(args.run_folder, features),
+    file_kind(args.output)
+    output = claimed_file(
+        args.output, force=args.force, option="-o/--output", recognise=recognise_table
     )
-    names = np.asarray(model.card.classes)[labels]
-    write_table(args.output, pa.table({model.card.target: pa.array(names)}))
+    with output as temporary:
+        model, _, features = _labels.inputs(args.run_folder, args.data)
+        labels = decompress(
+            args.compressed,
+            _labels.weights_of(model, features),
+            identity=_labels.identity(args.run_folder, features),
+            rows=len(features),
+        )
+        names = np.asarray(model.card.classes)[labels]
+        write_table(temporary, pa.table({model.card.target: pa.array(names)}))
     console.print(f"decoded {len(labels):,} labels into {args.output}")

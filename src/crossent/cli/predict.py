@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,9 @@ import pyarrow as pa
 from rich.console import Console
 
 from crossent.classifier import model as saved_model
-from crossent.classifier.data import stream, write_batches
+from crossent.classifier.data import file_kind, recognise_table, stream, write_batches
 from crossent.classifier.predictions import LAYOUTS, predict_batches
+from crossent.cli._output import add_force, claimed_file
 from crossent.cli._progress import file_progress
 
 
@@ -40,6 +42,7 @@ def add_parser(commands: Any) -> None:
         default="probs",
         help="probabilities (default) or natural-log probabilities",
     )
+    add_force(parser)
     parser.set_defaults(run=run)
 
 
@@ -47,11 +50,15 @@ def run(args: argparse.Namespace, console: Console) -> None:
     model = saved_model.load(args.run_folder)
     card = model.card
     types = {**dict.fromkeys(card.feature_names, pa.float64()), card.target: pa.string()}
-    with file_progress(console, f"predicting {args.data}") as on_bytes:
+    file_kind(args.output)
+    output = claimed_file(
+        args.output, force=args.force, option="-o/--output", recognise=recognise_table
+    )
+    with output as temporary, file_progress(console, f"predicting {args.data}") as on_bytes:
         batches = stream(args.data, types, on_bytes=on_bytes)
-        rows = write_batches(
-            args.output, predict_batches(model, batches, args.layout, repr(str(args.data)))
-        )
+        with contextlib.closing(batches):  # the file is closed now, not whenever, on errors too
+            predictions = predict_batches(model, batches, args.layout, repr(str(args.data)))
+            rows = write_batches(temporary, predictions)
     console.print(
         f"wrote {rows:,} rows × {len(card.classes)} classes ({args.layout}) to {args.output}"
     )

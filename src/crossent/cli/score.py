@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from crossent._files import atomic_path
 from crossent.classifier.predictions import LAYOUTS, score_file
+from crossent.cli._output import add_force, claimed_file
 from crossent.cli._progress import file_progress
 from crossent.cli._report import print_report
 
@@ -50,11 +51,15 @@ def add_parser(commands: Any) -> None:
         help="confidence bins of the decomposition and ECE (default 10)",
     )
     parser.add_argument("--json", type=Path, help="also write the report to this JSON file")
+    add_force(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, console: Console) -> None:
-    with file_progress(console, f"scoring {args.predictions}") as on_bytes:
+    output: contextlib.AbstractContextManager[Path | None] = contextlib.nullcontext()
+    if args.json is not None:
+        output = claimed_file(args.json, force=args.force, option="--json", recognise=_recognise)
+    with output as temporary, file_progress(console, f"scoring {args.predictions}") as on_bytes:
         report = score_file(
             args.predictions,
             args.target,
@@ -63,8 +68,15 @@ def run(args: argparse.Namespace, console: Console) -> None:
             bins=args.bins,
             on_bytes=on_bytes,
         )
+        if temporary is not None:
+            temporary.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     print_report(console, report, f"{args.predictions} ({report.examples:,} rows)")
     if args.json is not None:
-        with atomic_path(args.json) as temporary:
-            temporary.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
         console.print(f"report written to {args.json}")
+
+
+def _recognise(path: Path) -> str | None:
+    """None if ``path`` holds a JSON object, as the reports this command writes do."""
+    with path.open("rb") as file:
+        start = file.read(4096).lstrip()
+    return None if start.startswith(b"{") else "is not a JSON report"

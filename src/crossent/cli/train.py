@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from crossent._files import OutputTaken
 from crossent.classifier import run as runs
 from crossent.classifier.data import BUNDLED, LabelledData, bundled, labelled, read_table
-from crossent.classifier.parallel import torchrun_rank
+from crossent.classifier.parallel import STALL_TIMEOUT, torchrun_rank
 from crossent.classifier.train import OBJECTIVES, SCHEDULES, History, SGDOptions
+from crossent.cli._output import FORCE_HELP
 from crossent.cli._report import print_report
 
 _DEFAULTS = SGDOptions()
 MAX_PROCESSES = 256
+_DEFAULT_FOLDERS = 100  # runs/NAME-TIMESTAMP, then -2, -3, …: two runs in one second
 
 
 def add_parser(commands: Any) -> None:
@@ -92,6 +97,14 @@ def add_parser(commands: Any) -> None:
         help="train data-parallel on N local processes (torch.distributed, gloo); the "
         "losses and the model are those of one process up to float rounding (default 1)",
     )
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=STALL_TIMEOUT,
+        metavar="SECONDS",
+        help="with --nproc (or under torchrun): a process that finishes no step for this long "
+        f"is named as hung and the run stopped (default {STALL_TIMEOUT:g})",
+    )
     parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
     parser.add_argument(
         "--bins",
@@ -107,7 +120,7 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--out", type=Path, help="run folder to write (default runs/NAME-TIMESTAMP)"
     )
-    parser.add_argument("--force", action="store_true", help="replace an existing --out")
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
     parser.set_defaults(run=run)
 
 
@@ -123,9 +136,8 @@ def run(args: argparse.Namespace, console: Console) -> None:
         )
     import torch.distributed as dist
 
-    from crossent.torch.distributed.launch import COLLECTIVE_TIMEOUT  # --nproc's, too
-
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT))
+    # a rank waiting longer than --timeout in a collective fails, and torchrun stops the others
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=args.timeout))
     try:
         _train(args, console if rank == 0 else Console(quiet=True), rank)
     finally:
@@ -147,31 +159,32 @@ def _train(args: argparse.Namespace, console: Console, rank: int | None) -> None
         schedule=args.schedule,
         seed=args.seed,
     )
-    folder = args.out or _default_folder(args)
-    if lead and folder.exists() and not args.force:
-        raise ValueError(f"{str(folder)!r} already exists; choose another --out or pass --force")
-    console.print(
-        f"training on {data.source}: {len(data.labels):,} rows, "
-        f"{len(data.feature_names)} features, {len(data.classes)} classes"
-        + (f", {args.nproc} processes" if args.nproc > 1 else "")
-        + (f", rank 0 of {os.environ['WORLD_SIZE']} (torchrun)" if rank is not None else "")
-    )
-    with _EpochBars(console, options.epochs) as bars:
-        result = runs.fit(
-            data,
-            options,
-            hidden=args.hidden,
-            test_size=args.test_size,
-            bins=args.bins,
-            reference=not args.no_reference and lead,
-            processes=args.nproc,
-            data_parallel=rank is not None,
-            on_step=bars.step,
-            on_epoch=bars.epoch_done,
+    # claimed before training: a taken or unwritable --out is refused at once, not at the end
+    with _run_folder(args) if lead else contextlib.nullcontext((None, None)) as (folder, temp):
+        console.print(
+            f"training on {data.source}: {len(data.labels):,} rows, "
+            f"{len(data.feature_names)} features, {len(data.classes)} classes"
+            + (f", {args.nproc} processes" if args.nproc > 1 else "")
+            + (f", rank 0 of {os.environ['WORLD_SIZE']} (torchrun)" if rank is not None else "")
         )
+        with _EpochBars(console, options.epochs) as bars:
+            result = runs.fit(
+                data,
+                options,
+                hidden=args.hidden,
+                test_size=args.test_size,
+                bins=args.bins,
+                reference=not args.no_reference and lead,
+                processes=args.nproc,
+                data_parallel=rank is not None,
+                timeout=args.timeout,
+                on_step=bars.step,
+                on_epoch=bars.epoch_done,
+            )
+        if temp is not None:
+            runs.write_into(result, temp)
     if not lead:
         return
-    runs.write(result, folder, replace=args.force)
     print_report(console, result.report, f"held-out split ({len(result.held_out.labels):,} rows)")
     if result.reference is not None:
         console.print(
@@ -181,6 +194,28 @@ def _train(args: argparse.Namespace, console: Console, rank: int | None) -> None
     console.print(f"run folder: {folder}")
 
 
+@contextlib.contextmanager
+def _run_folder(args: argparse.Namespace) -> Iterator[tuple[Path, Path]]:
+    """Claim the run folder: ``--out``, or runs/NAME-TIMESTAMP (then -2, -3, … if another
+    run took it in the same second); yield it and the temporary folder to write."""
+    if args.out is not None:
+        with runs.claim(args.out, replace=args.force) as temporary:
+            yield args.out, temporary
+        return
+    base = _default_folder(args)
+    for attempt in range(1, _DEFAULT_FOLDERS + 1):
+        folder = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
+        stack = contextlib.ExitStack()
+        try:
+            temporary = stack.enter_context(runs.claim(folder))
+        except OutputTaken:
+            continue
+        with stack:
+            yield folder, temporary
+        return
+    raise ValueError(f"{str(base)!r} and {_DEFAULT_FOLDERS - 1} more names are taken; pass --out")
+
+
 def _load(args: argparse.Namespace) -> LabelledData:
     if args.data is None:
         if args.target is not None:
@@ -188,7 +223,8 @@ def _load(args: argparse.Namespace) -> LabelledData:
         return bundled(args.dataset)
     if args.target is None:
         raise ValueError("`--target` is required with DATA: name the label column")
-    return labelled(read_table(args.data), args.target, source=repr(args.data))
+    table = read_table(args.data, text_columns=[args.target])
+    return labelled(table, args.target, source=repr(args.data))
 
 
 def _default_folder(args: argparse.Namespace) -> Path:
@@ -207,6 +243,16 @@ def _processes(text: str) -> int:
             f"must be a whole number from 1 to {MAX_PROCESSES}; got {text!r}"
         )
     return processes
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0; got {text!r}")
+    return seconds
 
 
 def _widths(text: str) -> list[int]:

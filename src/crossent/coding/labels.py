@@ -13,6 +13,8 @@ model. constriction receives w − 1 as floats, whose sum 2^24 − M is exact, s
 
 Decoding needs the same w, hence bit-identical predictions at both ends; :func:`decompress`
 checks a hash of all w and of the labels, so a difference is an error, never wrong labels.
+A damaged or forged file (even one whose checksum was made to match) is a ValueError that
+names it, and nothing else: every field of the header is checked before it is used.
 
 File format (version 1): 8 magic bytes, a 4-byte little-endian header length, a JSON header,
 the coder's 32-bit words (little-endian), and the SHA-256 of everything before it.
@@ -40,6 +42,8 @@ FORMAT_VERSION = 1
 CODER = "constriction range coder, 24-bit"
 MAGIC = b"XENT\r\n\x1a\n"
 _TOTAL = 1 << PRECISION
+_CHECKSUM = 32  # bytes of SHA-256
+_HEX64 = frozenset("0123456789abcdef")
 
 Weights = Callable[[int, int], np.ndarray]  # (start, stop) -> (stop - start, M) float64 weights
 
@@ -152,64 +156,156 @@ def compress(
 
 
 def decompress(
-    path: str | os.PathLike[str], weights: Weights, *, identity: dict[str, str]
+    path: str | os.PathLike[str],
+    weights: Weights,
+    *,
+    identity: dict[str, str],
+    rows: int | None = None,
 ) -> np.ndarray:
-    """The labels coded in the file at ``path``, decoded under the same ``weights``."""
+    """The labels coded in the file at ``path``, decoded under the same ``weights``.
+
+    ``rows``, if given, is the number of rows ``weights`` has: a file of another number of
+    labels is refused before decoding.
+    """
     with needs("crossent.coding.decompress"):
-        import constriction
+        pass
 
     header, words = read(path)
+    name = repr(os.fspath(path))
     for key, value in identity.items():
         if header.get(key) != value:
             raise ValueError(
-                f"{os.fspath(path)!r} was compressed with a different {key.removesuffix('_sha256')}"
+                f"{name} was compressed with a different {key.removesuffix('_sha256')}"
                 f" ({key} {str(header.get(key))[:12]}…, here {value[:12]}…); use the same as "
                 "at compression"
             )
-    decoder = constriction.stream.queue.RangeDecoder(words)
-    model = constriction.stream.model.Categorical(perfect=False)
-    count, chunk_rows = header["labels"], header["chunk_rows"]
-    predictions = hashlib.sha256()
-    labels = np.empty(count, dtype=np.int32)
-    for start in range(0, count, chunk_rows):
-        stop = min(count, start + chunk_rows)
-        u = _checked_weights(weights(start, stop), stop - start, header["classes"])
-        free, fingerprint = _free_frequencies(u)
-        predictions.update(fingerprint)
-        labels[start:stop] = decoder.decode(model, free)
-    if predictions.hexdigest() != header["predictions_sha256"]:
+    if rows is not None and header["labels"] != rows:
         raise ValueError(
-            "the model's predictions here are not bit-identical to those at compression "
-            "(another machine, library version or thread count?); refusing to return labels"
+            f"{name} holds {header['labels']:,} labels, but the data has {rows:,} rows; use "
+            "the data it was compressed with"
         )
+    labels = _decode(words, weights, header, name)
     if _labels_hash(labels) != header["labels_sha256"]:
-        raise ValueError("the decoded labels fail their checksum; refusing to return them")
+        raise ValueError(f"{name}: the decoded labels fail their checksum; refusing to return them")
     return labels
 
 
+def _decode(words: np.ndarray, weights: Weights, header: dict[str, Any], name: str) -> np.ndarray:
+    """Decode chunk by chunk, checking the predictions' fingerprint at the end."""
+    import constriction
+
+    decoder = constriction.stream.queue.RangeDecoder(words)
+    model = constriction.stream.model.Categorical(perfect=False)
+    count, chunk_rows, classes = header["labels"], header["chunk_rows"], header["classes"]
+    predictions = hashlib.sha256()
+    chunks = []  # not one array of `count` labels: a forged count must not allocate
+    for start in range(0, count, chunk_rows):
+        stop = min(count, start + chunk_rows)
+        u = _checked_weights(weights(start, stop), stop - start, None)
+        if u.shape[1] != classes:
+            raise ValueError(
+                f"{name} holds labels of {classes} classes; the model has {u.shape[1]}"
+            )
+        free, fingerprint = _free_frequencies(u)
+        predictions.update(fingerprint)
+        try:
+            chunks.append(np.asarray(decoder.decode(model, free), dtype=np.int32))
+        except (RuntimeError, ValueError, OverflowError) as error:
+            raise ValueError(f"{name} is damaged: its labels do not decode ({error})") from None
+    if predictions.hexdigest() != header["predictions_sha256"]:
+        raise ValueError(
+            f"{name}: the model's predictions here are not bit-identical to those at "
+            "compression (another machine, library version or thread count?); refusing to "
+            "return labels"
+        )
+    return np.concatenate(chunks) if chunks else np.empty(0, np.int32)
+
+
+def recognise(path: Path) -> str | None:
+    """None if ``path`` is a compressed-labels file (which ``--force`` may replace)."""
+    with path.open("rb") as file:
+        start = file.read(len(MAGIC))
+    return None if start == MAGIC else "is not a crossent compressed-labels file"
+
+
 def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], np.ndarray]:
-    """The header and payload of a compressed-labels file, after checking its checksum."""
+    """The header and payload of a compressed-labels file, after checking its checksum and
+    every field of its header."""
     data = Path(path).read_bytes()
     name = repr(os.fspath(path))
     if not data.startswith(MAGIC):
         raise ValueError(f"{name} is not a crossent compressed-labels file (wrong magic bytes)")
-    body, checksum = data[:-32], data[-32:]
-    if len(data) < len(MAGIC) + 4 + 32 or hashlib.sha256(body).digest() != checksum:
+    body, checksum = data[:-_CHECKSUM], data[-_CHECKSUM:]
+    if len(data) < len(MAGIC) + 4 + _CHECKSUM or hashlib.sha256(body).digest() != checksum:
         raise ValueError(f"{name} is damaged: its SHA-256 checksum does not match its content")
     (length,) = struct.unpack_from("<I", body, len(MAGIC))
     start = len(MAGIC) + 4
-    header = json.loads(body[start : start + length])
-    if header.get("format_version") != FORMAT_VERSION:
+    if start + length > len(body):
+        raise ValueError(f"{name} is damaged: its header runs past the end of the file")
+    header = _parse_header(body[start : start + length], name)
+    payload = body[start + length :]
+    if len(payload) != 4 * header["payload_words"]:
+        raise ValueError(
+            f"{name} is damaged: {len(payload)} bytes of payload, header says "
+            f"{header['payload_words']} words"
+        )
+    return header, np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+
+
+def _parse_header(text: bytes, name: str) -> dict[str, Any]:
+    try:
+        header = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"{name} is damaged: its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{name} is damaged: its header is not a JSON object")
+    if header.get("format_version") != FORMAT_VERSION or isinstance(
+        header.get("format_version"), bool
+    ):
         raise ValueError(
             f"{name} has format version {header.get('format_version')!r}; this crossent reads "
             f"version {FORMAT_VERSION}"
         )
-    words = np.frombuffer(body[start + length :], dtype="<u4").astype(np.uint32)
-    if len(words) != header["payload_words"]:
-        raise ValueError(
-            f"{name} is damaged: {len(words)} payload words, header says {header['payload_words']}"
-        )
-    return header, words
+    problem = _header_problem(header)
+    if problem is not None:
+        raise ValueError(f"{name} is damaged: its header's {problem}")
+    return header
+
+
+def _header_problem(header: dict[str, Any]) -> str | None:
+    """What is wrong with a version-1 header, or None."""
+    rules: list[tuple[str, Callable[[Any], bool], str]] = [
+        ("coder", lambda v: v == CODER, f"must be {CODER!r}"),
+        ("labels", lambda v: _whole(v, 1, None), "must be a whole number ≥ 1"),
+        ("classes", lambda v: _whole(v, 2, _TOTAL - 1), "must be a whole number in [2, 2^24)"),
+        ("chunk_rows", lambda v: _whole(v, 1, None), "must be a whole number ≥ 1"),
+        ("payload_words", lambda v: _whole(v, 0, None), "must be a whole number ≥ 0"),
+        ("predictions_sha256", _sha256, "must be 64 hex digits"),
+        ("labels_sha256", _sha256, "must be 64 hex digits"),
+    ]
+    for key, ok, rule in rules:
+        if key not in header:
+            return f"field {key!r} is missing"
+        if not ok(header[key]):
+            return f"field {key!r} {rule}; got {header[key]!r:.40}"
+    others = [key for key in header if key not in {"format_version", *(r[0] for r in rules)}]
+    for key in others:
+        if not isinstance(header[key], str):
+            return f"field {key!r} must be text; got {header[key]!r:.40}"
+    return None
+
+
+def _whole(value: Any, low: int, high: int | None) -> bool:
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value >= low
+        and (high is None or value <= high)
+    )
+
+
+def _sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX64
 
 
 def _write(path: Path, header: dict[str, Any], words: np.ndarray) -> int:
