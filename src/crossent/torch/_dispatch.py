@@ -38,7 +38,7 @@ class Kernel(Protocol):
         logits: torch.Tensor,
         target: torch.Tensor,
         options: LossOptions,
-        grad_scale: torch.Tensor | None,
+        grad_scale: torch.Tensor | float | None,
         grad: torch.Tensor | None,
         lse: torch.Tensor | None = None,
         *,

@@ -23,7 +23,6 @@ need them anyway.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Any, Literal, overload
 
 import torch
@@ -147,7 +146,7 @@ def linear_cross_entropy(
     >>> bool(torch.isclose(loss, torch.nn.functional.cross_entropy(h @ w.T, y)))
     True
     """
-    options = LossOptions(
+    options = LossOptions.of(
         class_weight, ignore_index, label_smoothing, z_loss, softcap, reduction, base
     )
     plan = HeadPlan(chunk_size, low_memory, weight_grad_dtype)
@@ -180,7 +179,7 @@ def head_loss_of(
     elif low_memory:
         check_low_memory(head.target, options, shard)
     call = HeadCall(
-        replace(options, weight=None),
+        options.with_weight(None),
         plan.chunk_size or default_chunk_rows(widest, head.hidden),
         bool(low_memory),
         plan.weight_grad_dtype,
@@ -246,7 +245,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         class_weight: torch.Tensor | None,
         call: HeadCall,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        options = replace(call.options, weight=class_weight)
+        options = call.options.with_weight(class_weight)
         if not target.is_floating_point() and _checkable(hidden):
             classes = weight.shape[0] if call.shard is None else call.shard.classes
             check_index_range("target", target, classes, options.ignore_index)
@@ -281,7 +280,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         refuse_second_backward(ctx, "linear_cross_entropy")
         call: HeadCall = ctx.call
         hidden, weight, bias, target, class_weight, lse, *saved = ctx.saved_tensors
-        options = replace(call.options, weight=class_weight)
+        options = call.options.with_weight(class_weight)
         head = Head(hidden, weight, bias, target)
         if torch.is_grad_enabled():
             grads: list[torch.Tensor | None] = list(_second_order(head, options, call, grad_loss))

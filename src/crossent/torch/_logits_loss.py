@@ -26,7 +26,12 @@ from typing import Any, Literal
 import torch
 
 from crossent._checks import Reduction, check_index_range
-from crossent.torch import _differentiable, _dispatch, _library  # noqa: F401 (registers the operators)
+from crossent.torch import (  # noqa: F401 (_library registers the operators)
+    _differentiable,
+    _dispatch,
+    _library,
+    _native_rows,
+)
 from crossent.torch._rows import (
     as_rows,
     classes_of,
@@ -34,6 +39,8 @@ from crossent.torch._rows import (
     example_shape,
     from_rows,
     grad_factor,
+    host_denominator,
+    host_factor,
     reduce_rows,
     target_rows,
 )
@@ -98,7 +105,9 @@ def cross_entropy(
     tensor(0.2450)
     """
     reduction = legacy_reduction(size_average, reduce, reduction)
-    options = LossOptions(weight, ignore_index, label_smoothing, z_loss, softcap, reduction, base)
+    options = LossOptions.of(
+        weight, ignore_index, label_smoothing, z_loss, softcap, reduction, base
+    )
     return loss_of(input, target, options, inplace_backward)
 
 
@@ -119,9 +128,21 @@ def loss_of(
             "`inplace_backward=True` overwrites the logits, which the target's gradient needs; "
             "pass inplace_backward=False for a target that requires grad"
         )
-    call = _Call(replace(options, weight=None), inplace, shard, _where_gradient(logits))
-    loss: torch.Tensor = _CrossEntropy.apply(logits, target, options.weight, call)[0]  # type: ignore[no-untyped-call]
+    call = _Call(options.with_weight(None), inplace, shard, _where_gradient(logits))
+    loss: torch.Tensor = _apply(logits, target, options.weight, call)[0]
     return loss
+
+
+def _apply(*args: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_CrossEntropy.apply(*args)``. Eagerly and outside torch.func transforms, autograd's
+    own entry is called directly: ``Function.apply`` binds a Function's default arguments with
+    ``inspect.signature`` on every call when it has ``setup_context``, which cost more than a
+    small loss itself (docs/benchmarks.md, small losses)."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        result = _CrossEntropy.apply(*args)  # type: ignore[no-untyped-call]
+    else:
+        result = super(torch.autograd.Function, _CrossEntropy).apply(*args)  # type: ignore[no-untyped-call]
+    return result  # type: ignore[no-any-return]
 
 
 def check_logits(
@@ -159,7 +180,7 @@ def _where_gradient(logits: torch.Tensor) -> Gradient:
     """The forward computes the logits' gradient for float32/float64 rows that the Triton
     kernels do not take (on the CPU: rows in cache, one read); else the backward does, from
     the logits and their log-sum-exps."""
-    if not (torch.is_grad_enabled() and logits.requires_grad):
+    if not (logits.requires_grad and torch.is_grad_enabled()):
         return "none"
     if transformed():
         return "backward"  # the backward's torch ops are differentiated and vmapped
@@ -183,13 +204,18 @@ class _CrossEntropy(torch.autograd.Function):
     def forward(
         logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, call: _Call
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        options = replace(call.options, weight=weight)
+        options = call.options.with_weight(weight)
         rows, row_target = as_rows(logits), target_rows(target)
-        if not target.is_floating_point() and _checkable(rows):
-            classes = rows.shape[1] if call.shard is None else call.shard.classes
-            check_index_range("target", row_target, classes, options.ignore_index)
-        denominator = denominators(row_target, options)
-        factor = grad_factor(options.reduction, denominator, options.scale)
+        denominator: torch.Tensor | float
+        factor: torch.Tensor | float
+        if _on_host(
+            rows
+        ):  # the reduction's numbers in Python: a torch op costs more than a small loss
+            denominator = host_denominator(row_target, options)
+            factor = host_factor(options.reduction, denominator, options.scale)
+        else:
+            denominator = denominators(row_target, options)
+            factor = grad_factor(options.reduction, denominator, options.scale)
         losses, grad, lse = _pass(rows, logits, row_target, options, call, factor)
         if options.scale != 1.0:  # nats, the default, need no product
             losses = losses * options.scale
@@ -241,9 +267,9 @@ class _CrossEntropy(torch.autograd.Function):
         return _vmap(info, in_dims, *args)
 
 
-def _checkable(rows: torch.Tensor) -> bool:
-    """Whether labels are checked here: on the CPU (a GPU would wait for the answer) and not
-    while torch.compile traces (the check is data-dependent)."""
+def _on_host(rows: torch.Tensor) -> bool:
+    """Eagerly on the CPU: labels are checked (a GPU would wait for the answer; torch.compile
+    cannot trace a data-dependent check) and the reduction's numbers are Python's."""
     return rows.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
@@ -253,10 +279,11 @@ def _pass(
     target: torch.Tensor,
     options: LossOptions,
     call: _Call,
-    factor: torch.Tensor,
+    factor: torch.Tensor | float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The forward's pass over the rows: losses (nats), the gradient if it is made here (else
-    an empty tensor) and the log-sum-exps."""
+    an empty tensor) and the log-sum-exps. Labels outside the classes are refused on the CPU:
+    by the compiled kernel itself, else before the pass."""
     wants = call.gradient == "forward"
     if torch.compiler.is_compiling() and call.shard is None:  # one opaque operator
         losses, lse, grad = torch.ops.crossent.cross_entropy_rows(
@@ -269,6 +296,13 @@ def _pass(
     grad = rows if in_place else empty_gradient(rows) if wants else rows.new_empty(0)
     lse = rows.new_empty(rows.shape[0], dtype=compute_dtype(rows.dtype))
     kernel = _dispatch.rows_kernel(rows, target, options, grad if wants else None, call.shard)
+    if (
+        not target.is_floating_point()
+        and _on_host(rows)
+        and kernel is not _native_rows.loss_and_grad
+    ):
+        classes = rows.shape[1] if call.shard is None else call.shard.classes
+        check_index_range("target", target, classes, options.ignore_index)
     losses = kernel(rows, target, options, factor, grad if wants else None, lse)
     return losses, grad, lse
 
@@ -294,7 +328,7 @@ class _Backward:
         call: _Call,
         grad_loss: torch.Tensor,
     ) -> _Backward:
-        options = replace(call.options, weight=weight)
+        options = call.options.with_weight(weight)
         rows, row_target = as_rows(logits), target_rows(target)
         factor = grad_factor(options.reduction, denominators(row_target, options), options.scale)
         upstream = upstream_of(grad_loss, options.reduction)
@@ -375,7 +409,7 @@ def _vmap(
     reduction = call.options.reduction
     if reduction == "none":
         return (losses, x.new_empty(0), x.new_empty(0)), (0, None, None)
-    options = replace(call.options, weight=weight)
+    options = call.options.with_weight(weight)
     denominator = denominators(target_rows(folded_t), options, size)
     total = reduce_rows(losses.reshape(-1), denominator, reduction)
     return (total.reshape(size), x.new_empty(0), x.new_empty(0)), (0, None, None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -49,7 +48,7 @@ class CrossEntropyLoss(torch.nn.Module):
         self.register_buffer("weight", weight)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return loss_of(input, target, replace(self.options, weight=self.weight))
+        return loss_of(input, target, self.options.with_weight(self.weight))
 
     def extra_repr(self) -> str:
         return _options_repr(self.options)
@@ -126,7 +125,7 @@ class LinearCrossEntropy(torch.nn.Module):
         return torch.nn.functional.linear(hidden, self.weight, self.bias)
 
     def forward(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        options = replace(self.options, weight=self.class_weight)
+        options = self.options.with_weight(self.class_weight)
         head = Head(hidden, self.weight, self.bias, target)
         return head_loss_of(head, options, self.plan)[0]
 

@@ -44,8 +44,9 @@ typedef struct {
     double total_weight;     /* W */
     int64_t ignore_index;
     double eps, z;
-    const float *scale;      /* f of row i is scale[i * scale_step]; NULL: 1 */
+    const float *scale;      /* f of row i is scale[i * scale_step]; NULL: factor */
     int64_t scale_step;
+    double factor;           /* f of every row when scale is NULL */
     float *loss;             /* rows */
     float *lse;              /* rows; NULL: not wanted */
 } Rows;
@@ -170,7 +171,7 @@ static inline __attribute__((always_inline)) float one_row(const Rows *a, int64_
     if (a->z != 0.0) loss += a->z * lse * lse; /* not 0 * NaN where lse is NaN */
     a->loss[i] = (float)loss;
     if (!g) return pass.next_max;
-    const double f = a->scale ? (double)a->scale[i * a->scale_step] : 1.0;
+    const double f = a->scale ? (double)a->scale[i * a->scale_step] : a->factor;
     double coef = label + share * a->total_weight;
     if (a->z != 0.0) coef += 2.0 * a->z * lse;
     const float times = (float)(f * coef / pass.s), minus = (float)(f * share);
@@ -243,11 +244,11 @@ static PyObject *levels(PyObject *self, PyObject *unused) {
 static PyObject *layout(PyObject *self, PyObject *unused) {
     (void)self, (void)unused;
     return Py_BuildValue("((snn)(snn)(snn)(snn)(snn)(snn)(snn)(snn)"
-                         "(snn)(snn)(snn)(snn)(snn)(snn)(snn)(snn))n",
+                         "(snn)(snn)(snn)(snn)(snn)(snn)(snn)(snn)(snn))n",
                          FIELD(x), FIELD(x_ld), FIELD(out), FIELD(out_ld), FIELD(y), FIELD(rows),
                          FIELD(classes), FIELD(weight), FIELD(total_weight), FIELD(ignore_index),
-                         FIELD(eps), FIELD(z), FIELD(scale), FIELD(scale_step), FIELD(loss),
-                         FIELD(lse), (Py_ssize_t)sizeof(Rows));
+                         FIELD(eps), FIELD(z), FIELD(scale), FIELD(scale_step), FIELD(factor),
+                         FIELD(loss), FIELD(lse), (Py_ssize_t)sizeof(Rows));
 }
 
 /* index_rows(address, level): the rows described by the Rows struct at `address`. */

@@ -49,6 +49,7 @@ class _Rows(ctypes.Structure):
         ("z", ctypes.c_double),
         ("scale", ctypes.c_void_p),  # the gradient factor of row i: scale[i * scale_step]
         ("scale_step", ctypes.c_int64),
+        ("factor", ctypes.c_double),  # the gradient factor of every row, without scale
         ("loss", ctypes.c_void_p),  # float32, rows
         ("lse", ctypes.c_void_p),  # float32, rows
     ]
@@ -137,52 +138,79 @@ def loss_and_grad(
     logits: torch.Tensor,
     target: torch.Tensor,
     options: LossOptions,
-    grad_scale: torch.Tensor | None,
+    grad_scale: torch.Tensor | float | None,
     grad: torch.Tensor | None,
     lse: torch.Tensor | None = None,
     *,
     known_lse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`crossent.torch._torch_ops.loss_and_grad` by the compiled kernel (where
-    :func:`runs` says it may): float32 losses, a chunk of rows per call on the thread pool.
-    ``known_lse`` is not used (the kernel's row is in cache for its log-sum-exp anyway)."""
+    :func:`runs` says it may): float32 losses, a chunk of rows per call on the thread pool
+    (one call, where there is little work, on this thread). ``grad_scale`` may also be a
+    number. ``known_lse`` is not used (the kernel's row is in cache for its log-sum-exp)."""
     assert _native is not None
-    assert NATIVE_LEVEL is not None
     rows, classes = logits.shape
-    labels = target.to(torch.int64).contiguous()
+    labels = target if target.dtype == torch.int64 else target.to(torch.int64)
+    labels = labels.contiguous()
     if labels.shape != (rows,):  # the kernel reads one label per row
         raise ValueError(f"one label per row of logits {tuple(logits.shape)}; got {labels.shape}")
     weight = None if options.weight is None else options.weight.to(torch.float32).contiguous()
-    total_weight = float(classes) if weight is None else float(weight.sum())
-    scale = None if grad_scale is None else grad_scale.to(torch.float32).contiguous()
+    factor, scale = _factor(grad_scale)
     losses = torch.empty(rows, dtype=torch.float32)
-    row_lse = None if lse is None else torch.empty(rows, dtype=torch.float32)
+    direct = lse is not None and lse.dtype == torch.float32 and lse.is_contiguous()
+    row_lse = lse if direct else None if lse is None else torch.empty(rows, dtype=torch.float32)
     step = _native_rows_per_call(rows, classes)
+    x_ld, out_ld, scale_step = _row_stride(logits), _row_stride(grad), _row_stride(scale)
+    fixed = {
+        "x_ld": x_ld, "out_ld": out_ld, "classes": classes, "weight": _address(weight),
+        "total_weight": _total(weight, classes), "ignore_index": options.ignore_index,
+        "eps": options.label_smoothing, "z": options.z_loss, "scale_step": scale_step,
+        "factor": factor,
+    }  # fmt: skip
+    # each tensor's address, and bytes from one row to the next
+    x, out, y = _address(logits), _address(grad), _address(labels)
+    factors, loss, lses = _address(scale), _address(losses), _address(row_lse)
+    x_row, out_row, factor_row = 4 * x_ld, 4 * out_ld, 4 * scale_step
     level = NATIVE_LEVEL
+    assert level is not None
 
     def run(start: int) -> int:
         call = _Rows(
-            x=_at(logits, start), x_ld=_row_stride(logits), out=_at(grad, start),
-            out_ld=_row_stride(grad), y=_at(labels, start), rows=min(rows, start + step) - start,
-            classes=classes, weight=_at(weight, 0), total_weight=total_weight,
-            ignore_index=options.ignore_index, eps=options.label_smoothing, z=options.z_loss,
-            scale=_at(scale, start), scale_step=_row_stride(scale), loss=_at(losses, start),
-            lse=_at(row_lse, start),
+            x=x + start * x_row, out=out and out + start * out_row, y=y + 8 * start,
+            rows=min(rows, start + step) - start, scale=factors and factors + start * factor_row,
+            loss=loss + 4 * start, lse=lses and lses + 4 * start, **fixed,
         )  # fmt: skip
         return int(_native.index_rows(ctypes.addressof(call), level))
 
-    if any(bad >= 0 for bad in on_threads(run, range(0, rows, step), logits.device)):
+    starts = range(0, rows, step)
+    bad = [run(0)] if len(starts) == 1 else on_threads(run, starts, logits.device)
+    if any(row >= 0 for row in bad):
         check_index_range("target", labels, classes, options.ignore_index)  # raises
-    if lse is not None and row_lse is not None:
+    if lse is not None and row_lse is not None and not direct:
         lse.copy_(row_lse)
     return losses
 
 
-def _at(tensor: torch.Tensor | None, row: int) -> int:
-    """The address of ``tensor``'s row ``row`` (0 for no tensor; a 0-d tensor's own)."""
-    if tensor is None:
-        return 0
-    return tensor.data_ptr() + row * _row_stride(tensor) * tensor.element_size()
+def _factor(grad_scale: torch.Tensor | float | None) -> tuple[float, torch.Tensor | None]:
+    """The gradient's factor as the kernel takes it: one number for every row (a number or a
+    0-d tensor, read here: the kernel runs on the CPU), or float32 factors, one per row."""
+    if grad_scale is None:
+        return 1.0, None
+    if isinstance(grad_scale, float | int):
+        return float(grad_scale), None
+    if grad_scale.dim() == 0:
+        return float(grad_scale), None
+    return 1.0, grad_scale.to(torch.float32).contiguous()
+
+
+def _total(weight: torch.Tensor | None, classes: int) -> float:
+    """W = Σ_j w_j, C without class weights."""
+    return float(classes) if weight is None else float(weight.sum())
+
+
+def _address(tensor: torch.Tensor | None) -> int:
+    """The address of ``tensor``'s first element; 0 for no tensor."""
+    return 0 if tensor is None else tensor.data_ptr()
 
 
 def _native_rows_per_call(rows: int, classes: int) -> int:

@@ -65,7 +65,9 @@ def empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype)
     numpy_dtype = np.dtype(_NUMPY[dtype])
     size = numpy_dtype.itemsize * math.prod(shape)
-    if size < MIN_BYTES or not _EXACT:
+    if size < MIN_BYTES:  # malloc reuses small blocks: torch's own allocation is the cheapest
+        return torch.empty(shape, dtype=dtype)
+    if not _EXACT:
         return torch.from_numpy(np.empty(shape, dtype=numpy_dtype))
     with _Kept.lock:
         memory = _take(size)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from crossent._checks import Reduction
@@ -73,6 +74,27 @@ def denominators(target: torch.Tensor, options: LossOptions, segments: int = 1) 
     return counted.reshape(segments, -1).sum(dim=1) if rows else counted.new_zeros(segments)
 
 
+def host_denominator(target: torch.Tensor, options: LossOptions) -> float:
+    """:func:`denominators` of one segment of CPU rows, as a number: NumPy reads them where a
+    torch op would cost more than a small loss. A label outside the classes counts as the
+    nearest class here; the pass refuses it before any loss is returned."""
+    if target.is_floating_point():
+        return float(target.shape[0])
+    labels = target.numpy()
+    if options.weight is None:
+        return float(labels.size - np.count_nonzero(labels == options.ignore_index))
+    kept = labels[labels != options.ignore_index]
+    weight = options.weight.detach().to("cpu", torch.float64).numpy()
+    return float(np.take(weight, kept, mode="clip").sum())
+
+
+def host_factor(reduction: Reduction, denominator: float, scale: float) -> float:
+    """:func:`grad_factor` as a number, for :func:`host_denominator`'s denominator."""
+    if reduction != "mean":
+        return scale
+    return scale / denominator if denominator else 0.0
+
+
 def grad_factor(reduction: Reduction, denominator: torch.Tensor, scale: float) -> torch.Tensor:
     """What every row's gradient is multiplied by, float64: the unit's ``scale`` (1 / ln base),
     over the mean's ``denominator`` of the row's segment (0 where that is 0). A 0-d tensor for
@@ -93,13 +115,19 @@ def per_row(factor: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def reduce_rows(
-    losses: torch.Tensor, denominator: torch.Tensor, reduction: Reduction
+    losses: torch.Tensor, denominator: torch.Tensor | float, reduction: Reduction
 ) -> torch.Tensor:
     """Row losses ``(R,)`` summed per segment, or their mean over each segment's
     ``denominator`` (0 where it is 0): ``(segments,)``, or 0-d for one segment. "none" keeps
-    them as they are."""
+    them as they are. A number as ``denominator`` (:func:`host_denominator`) is one
+    segment's."""
     if reduction == "none":
         return losses
+    if isinstance(denominator, float):
+        total = losses.sum()
+        if reduction == "sum":
+            return total
+        return total.div_(denominator) if denominator else total.zero_()
     segments = denominator.numel()
     total = (
         losses.reshape(segments, -1).sum(dim=1) if losses.numel() else losses.new_zeros(segments)

@@ -30,7 +30,7 @@ def scale_saved(
     """
     upstream = grad_output.reshape(-1, 1) if ctx.reduction == "none" else grad_output
     on_cpu = grads[0].device.type == "cpu" and not torch.compiler.is_compiling()
-    if on_cpu and ctx.reduction != "none" and bool(grad_output == 1):
+    if on_cpu and ctx.reduction != "none" and grad_output.item() == 1.0:
         return grads  # loss.backward() on a mean or sum: the gradients are ready as they are
     if ctx.inplace or not on_cpu:
         refuse_second_backward(ctx, name)

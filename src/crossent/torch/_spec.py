@@ -16,6 +16,7 @@ ln(base). Every backend computes this; :mod:`crossent.torch.reference` states it
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import warnings
@@ -78,15 +79,39 @@ class LossOptions:
                     f"`softcap` must be a finite number > 0 or None; got {self.softcap!r}"
                 )
             _set(self, "softcap", softcap)
-        weight = self.weight
-        if weight is not None and not (
-            isinstance(weight, torch.Tensor) and weight.is_floating_point() and weight.dim() == 1
-        ):
-            raise TypeError(
-                "`weight` must be a 1-D floating-point tensor of class weights; got "
-                + (f"{weight.dtype} of shape {tuple(weight.shape)}" if _is_tensor(weight) else
-                   repr(type(weight).__name__))
-            )  # fmt: skip
+        _check_weight(self.weight)
+
+    @classmethod
+    def of(
+        cls,
+        weight: torch.Tensor | None,
+        ignore_index: int,
+        label_smoothing: float,
+        z_loss: float,
+        softcap: float | None,
+        reduction: Reduction,
+        base: float,
+    ) -> LossOptions:
+        """``LossOptions(...)``, the options other than the weights checked once per distinct
+        set of values: a loss called every step with the same options checks them once."""
+        try:
+            options = _checked(ignore_index, label_smoothing, z_loss, softcap, reduction, base)
+        except TypeError as error:  # an unhashable value: checked, and refused, here
+            if "unhashable" not in str(error):
+                raise
+            options = cls(None, ignore_index, label_smoothing, z_loss, softcap, reduction, base)
+        return options.with_weight(weight)
+
+    def with_weight(self, weight: torch.Tensor | None) -> LossOptions:
+        """These options with the class weights ``weight`` (checked); the others, checked
+        when these were made, are not checked again."""
+        if weight is self.weight:
+            return self
+        _check_weight(weight)
+        copy = object.__new__(LossOptions)
+        copy.__dict__.update(self.__dict__)
+        _set(copy, "weight", weight)
+        return copy
 
     @property
     def scale(self) -> float:
@@ -140,6 +165,30 @@ def legacy_reduction(
     return legacy
 
 
+@functools.lru_cache(maxsize=64, typed=True)  # typed: True is not 1
+def _checked(
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    reduction: Reduction,
+    base: float,
+) -> LossOptions:
+    return LossOptions(None, ignore_index, label_smoothing, z_loss, softcap, reduction, base)
+
+
+def _check_weight(weight: object) -> None:
+    """Class weights: None, or a 1-D floating-point tensor."""
+    if weight is not None and not (
+        isinstance(weight, torch.Tensor) and weight.is_floating_point() and weight.dim() == 1
+    ):
+        raise TypeError(
+            "`weight` must be a 1-D floating-point tensor of class weights; got "
+            + (f"{weight.dtype} of shape {tuple(weight.shape)}" if isinstance(weight, torch.Tensor)
+               else repr(type(weight).__name__))
+        )  # fmt: skip
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype every backend computes in: float64 for float64 inputs, float32 otherwise
     (float16 and bfloat16 are accumulated in float32)."""
@@ -150,10 +199,6 @@ def _number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"`{name}` must be a real number; got {value!r}")
     return float(value)
-
-
-def _is_tensor(value: object) -> bool:
-    return isinstance(value, torch.Tensor)
 
 
 def _set(options: LossOptions, name: str, value: object) -> None:

@@ -78,7 +78,7 @@ def loss_and_grad(
     logits: torch.Tensor,
     target: torch.Tensor,
     options: LossOptions,
-    grad_scale: torch.Tensor | None,
+    grad_scale: torch.Tensor | float | None,
     grad: torch.Tensor | None,
     lse: torch.Tensor | None = None,
     *,
@@ -86,15 +86,17 @@ def loss_and_grad(
 ) -> torch.Tensor:
     """Row losses ``(R,)`` in nats for logits ``(R, C)``; fills ``grad`` ``(R, C)`` if given.
 
-    ``grad_scale`` multiplies the gradient: a 0-d tensor (1 / denominator for a mean) or one
-    factor per row ``(R,)`` (an upstream gradient). ``lse`` ``(R,)``, if given, receives each
-    row's log-sum-exp. ``grad`` may be ``logits`` itself: the gradient then overwrites them.
+    ``grad_scale`` multiplies the gradient: a number or 0-d tensor (1 / denominator for a
+    mean) or one factor per row ``(R,)`` (an upstream gradient). ``lse`` ``(R,)``, if given,
+    receives each row's log-sum-exp. ``grad`` may be ``logits`` itself: the gradient then
+    overwrites them.
     ``known_lse`` is not used: the pass computes each row's log-sum-exp again, in the cache.
     The computation runs in :func:`~crossent.torch._spec.compute_dtype`.
     """
     rows, classes = logits.shape
     compute = compute_dtype(logits.dtype)
     weight = weight_in(options, logits.device, compute)
+    grad_scale = as_factor(grad_scale, logits.device)
     losses = torch.empty(rows, dtype=compute, device=logits.device)
     step = chunk_rows(classes, logits.device)
 
@@ -110,6 +112,13 @@ def loss_and_grad(
 
     on_threads(run, range(0, rows, step), logits.device)
     return losses
+
+
+def as_factor(grad_scale: torch.Tensor | float | None, device: torch.device) -> torch.Tensor | None:
+    """The gradient's factor as a tensor: a number made a 0-d float64 tensor on ``device``."""
+    if isinstance(grad_scale, float | int):
+        return torch.full((), float(grad_scale), dtype=torch.float64, device=device)
+    return grad_scale
 
 
 def weight_in(

@@ -257,7 +257,7 @@ def loss_and_grad(
     logits: torch.Tensor,
     target: torch.Tensor,
     options: LossOptions,
-    grad_scale: torch.Tensor | None,
+    grad_scale: torch.Tensor | float | None,
     grad: torch.Tensor | None,
     lse: torch.Tensor | None = None,
     *,
@@ -277,11 +277,11 @@ def loss_and_grad(
         return losses
     weight = None if options.weight is None else options.weight.to(device, torch.float32)
     weight = None if weight is None else weight.contiguous()
-    factor = (
-        torch.ones((), dtype=torch.float32, device=device)
-        if grad_scale is None
-        else grad_scale.to(device, torch.float32).contiguous()
-    )
+    if grad_scale is None or isinstance(grad_scale, float | int):
+        value = 1.0 if grad_scale is None else float(grad_scale)
+        factor = torch.full((), value, dtype=torch.float32, device=device)
+    else:
+        factor = grad_scale.to(device, torch.float32).contiguous()
     if known_lse is not None:
         row_lse = known_lse.to(device, torch.float32).contiguous()
     else:

@@ -19,6 +19,7 @@ from crossent.torch._spec import LossOptions, compute_dtype
 from crossent.torch._torch_ops import (
     Half,
     Shard,
+    as_factor,
     chunk_rows,
     finish_half,
     rows_of,
@@ -34,7 +35,7 @@ def loss_and_grad(
     logits: torch.Tensor,
     target: torch.Tensor,
     options: LossOptions,
-    grad_scale: torch.Tensor | None,
+    grad_scale: torch.Tensor | float | None,
     grad: torch.Tensor | None,
     lse: torch.Tensor | None = None,
     *,
@@ -47,6 +48,7 @@ def loss_and_grad(
     rows = logits.shape[0]
     compute = compute_dtype(logits.dtype)
     weight = weight_in(options, logits.device, compute)
+    grad_scale = as_factor(grad_scale, logits.device)
     step = chunk_rows(shard.widest, logits.device)
     group = _group_rows(logits, target, options, grad, shard, step)
     gradient = (lambda at: None) if grad is None else (lambda at: grad[at])
