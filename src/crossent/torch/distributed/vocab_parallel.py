@@ -22,6 +22,7 @@ rank, and only ∂h = Σ_r G_r W_r is summed over the ranks (one all-reduce of N
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -42,8 +43,17 @@ _Function = TypeVar("_Function", bound=Callable[..., Any])
 
 def _not_compiled(function: _Function) -> _Function:
     """Run ``function`` eagerly under torch.compile: it talks to the other ranks in the
-    middle of its pass, which is no graph to compile."""
-    return cast(_Function, torch.compiler.disable(function))  # type: ignore[no-untyped-call]
+    middle of its pass, which is no graph to compile. ``torch.compiler.disable`` is applied
+    at the first call, not at import: it imports torch._dynamo (over a second)."""
+    eager: list[Callable[..., Any]] = []
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if not eager:
+            eager.append(torch.compiler.disable(function))  # type: ignore[no-untyped-call]
+        return eager[0](*args, **kwargs)
+
+    return cast(_Function, call)
 
 
 @dataclass(frozen=True)
