@@ -329,3 +329,24 @@ def test_score_names_a_missing_target(capsys: pytest.CaptureFixture[str], tmp_pa
     assert code == 2
     assert "target column ['label'] not found" in err
     assert "its columns are ['y', 'a', 'b']" in err
+
+
+@pytest.mark.parametrize(
+    ("bins", "expected"),
+    [("1", 0.0375), ("4", 0.3875), ("10", 0.4375)],
+)
+def test_score_bins_group_the_confidences_as_asked(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, bins: str, expected: float
+) -> None:
+    """Top-label confidences 0.9, 0.8, 0.6, 0.55, the second forecast wrong. ECE =
+    Σ_b (n_b / N) |accuracy_b − confidence_b|, by hand: one bin |0.75 − 0.7125| = 0.0375;
+    four bins 0.5 · |1 − 0.575| + 0.5 · |0.5 − 0.85| = 0.3875; ten bins 0.25 · (0.45 + 0.4
+    + 0.8 + 0.1) = 0.4375."""
+    path = write(tmp_path / "p.csv", "label,a,b\na,0.9,0.1\nb,0.8,0.2\na,0.6,0.4\na,0.55,0.45\n")
+    code, _, err = run(
+        capsys, "score", path, "--target", "label", "--bins", bins, "--json", tmp_path / "s.json"
+    )
+    assert code == 0, err
+    scored = json.loads((tmp_path / "s.json").read_text())
+    assert scored["ece"] == pytest.approx(expected, abs=1e-12)
+    assert len(scored["confidence_bins"]) == int(bins)

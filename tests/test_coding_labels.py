@@ -210,3 +210,12 @@ def test_exact_weights_are_bit_identical_across_batches_and_threads(hidden: list
     assert whole.tobytes() == model.exact_weights(moved).tobytes()
     probs = whole / whole.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(np.log(probs), model.log_probs(features), atol=1e-4)
+
+
+def test_quantised_cuts_are_floors_by_hand() -> None:
+    """Each cut is floor(U_k · (2^24 − M) / U_M), the last one exact, and a frequency is the
+    difference of two cuts plus 1. For (1, 1, 1): (2^24 − 3) / 3 = 5,592,404.33…, so the cuts
+    are 5,592,404, 11,184,808 and 16,777,213 (rounding to nearest would give 11,184,809)."""
+    assert quantise(np.array([[1.0, 1.0, 1.0]])).tolist() == [[5592405, 5592405, 5592406]]
+    # (3, 1): 3/4 of 2^24 − 2 = 12,582,910.5 → 12,582,910; frequencies 12,582,911 and 4,194,305
+    assert quantise(np.array([[3.0, 1.0]])).tolist() == [[12582911, 4194305]]
