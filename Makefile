@@ -17,11 +17,11 @@ TORCH_FROM := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
 # The editable install also compiles the C kernel, so a change to it installs again; the
 # kernels of earlier builds go first, or Python could load one of them instead.
-$(STAMP): pyproject.toml setup.py src/crossent/torch/_native.c
+$(STAMP): pyproject.toml setup.py src/crossent/torch/_native.c src/crossent/coding/_quantise.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_FROM) "torch==2.13.0"
-	rm -f src/crossent/torch/_native*.so
+	rm -f src/crossent/torch/_native*.so src/crossent/coding/_quantise*.so
 	$(BIN)/python -m pip install --quiet -e ".[dev,transformers]"
 	touch $(STAMP)
 
@@ -67,4 +67,4 @@ dist: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist
-	rm -f src/crossent/torch/_native*.so
+	rm -f src/crossent/torch/_native*.so src/crossent/coding/_quantise*.so

@@ -1,8 +1,11 @@
-"""The optional compiled CPU kernel; everything else is configured in pyproject.toml.
+"""The optional compiled CPU kernels; everything else is configured in pyproject.toml.
 
-Where no C compiler is found the build skips it (``optional=True``) and crossent runs the
-same loss with torch ops instead (:mod:`crossent.torch._torch_ops`), warning once that it is
-slower. A release build sets ``CROSSENT_REQUIRE_KERNEL=1`` so that a wheel never lacks it.
+- ``crossent.torch._native``: the cross-entropy loss's pass over float32 rows;
+- ``crossent.coding._quantise``: predicted weights quantised to the range coder's frequencies.
+
+Where no C compiler is found the build skips them (``optional=True``) and crossent computes the
+same numbers with torch ops (:mod:`crossent.torch._torch_ops`, warning once that it is slower)
+and NumPy. A release build sets ``CROSSENT_REQUIRE_KERNEL=1`` so that a wheel never lacks them.
 
 The kernel calls only CPython's limited API (the stable ABI of Python 3.10), so one wheel per
 platform, tagged ``cp310-abi3``, serves every Python from 3.10 on.
@@ -24,16 +27,23 @@ FLAGS = [
     "-Wextra",
 ]
 
+
+def kernel(name: str, source: str) -> Extension:
+    """One optional compiled module, built against the limited API."""
+    return Extension(
+        name,
+        [source],
+        extra_compile_args=FLAGS,
+        define_macros=[("Py_LIMITED_API", LIMITED_API)],
+        py_limited_api=True,
+        optional=os.environ.get("CROSSENT_REQUIRE_KERNEL", "") != "1",
+    )
+
+
 setup(
     ext_modules=[
-        Extension(
-            "crossent.torch._native",
-            ["src/crossent/torch/_native.c"],
-            extra_compile_args=FLAGS,
-            define_macros=[("Py_LIMITED_API", LIMITED_API)],
-            py_limited_api=True,
-            optional=os.environ.get("CROSSENT_REQUIRE_KERNEL", "") != "1",
-        )
+        kernel("crossent.torch._native", "src/crossent/torch/_native.c"),
+        kernel("crossent.coding._quantise", "src/crossent/coding/_quantise.c"),
     ],
     options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

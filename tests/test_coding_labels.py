@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from crossent.classifier.data import bundled
 from crossent.classifier.model import ModelCard, SoftmaxClassifier, standardisation
 from crossent.classifier.train import SGDOptions, train
+from crossent.coding import labels as labels_module
 from crossent.coding.labels import MAGIC, compress, decompress, quantise, read
 
 ID = {"model_sha256": "a" * 64}
@@ -219,3 +220,43 @@ def test_quantised_cuts_are_floors_by_hand() -> None:
     assert quantise(np.array([[1.0, 1.0, 1.0]])).tolist() == [[5592405, 5592405, 5592406]]
     # (3, 1): 3/4 of 2^24 − 2 = 12,582,910.5 → 12,582,910; frequencies 12,582,911 and 4,194,305
     assert quantise(np.array([[3.0, 1.0]])).tolist() == [[12582911, 4194305]]
+
+
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    rows=st.integers(1, 40),
+    classes=st.sampled_from([2, 3, 10, 257, 5000]),
+    zeros=st.floats(0.0, 0.9),
+    spread=st.sampled_from([0.1, 3.0, 30.0]),
+)
+def test_the_compiled_quantiser_gives_numpys_frequencies_bit_for_bit(
+    seed: int, rows: int, classes: int, zeros: float, spread: float
+) -> None:
+    """Files coded by either decode with the other: the same frequencies and fingerprints to
+    the bit, weights of any scale, with zeros and a row of one nonzero weight."""
+    if labels_module._quantise is None:
+        pytest.skip("the compiled quantiser was not built")
+    rng = np.random.default_rng(seed)
+    u = np.exp(rng.normal(0.0, spread, (rows, classes)) - 5.0) * 10.0 ** rng.integers(-30, 30)
+    u[rng.random((rows, classes)) < zeros] = 0.0
+    u[0] = 0.0
+    u[0, rng.integers(classes)] = 1e-300  # one class left: all the frequency but M − 1
+    u[u.sum(axis=1) == 0, 0] = 1.0
+    labels = np.argmax(u, axis=1).astype(np.int32)
+    compiled = labels_module._quantised(u, labels)
+    numpy = labels_module._quantised_in_numpy(u, labels)
+    assert np.array_equal(compiled[0], numpy[0])
+    assert compiled[1] == numpy[1]
+    assert compiled[2] == pytest.approx(numpy[2], rel=1e-9, abs=1e-9)
+    assert compiled[3] == pytest.approx(numpy[3], rel=1e-12, abs=1e-9)
+
+
+@pytest.mark.parametrize("bad", [-1e-9, math.nan, math.inf])
+def test_the_compiled_quantiser_refuses_what_numpy_refuses(bad: float) -> None:
+    u = np.ones((5, 4))
+    u[3, 2] = bad
+    for quantised in (labels_module._quantised, labels_module._quantised_in_numpy):
+        with pytest.raises(ValueError, match=r"must be finite, ≥ 0 and not all 0; row 3 is not"):
+            quantised(u, None)
+    with pytest.raises(ValueError, match=r"row 0 is not"):
+        labels_module._quantised(np.zeros((2, 4)), None)

@@ -1,10 +1,11 @@
-"""The compiled CPU kernel under AddressSanitizer and UndefinedBehaviorSanitizer: ``make sanitize``.
+"""The compiled kernels under AddressSanitizer and UndefinedBehaviorSanitizer: ``make sanitize``.
 
-Builds ``src/crossent/torch/_native.c`` with the flags of ``setup.py`` plus
-``-fsanitize=address,undefined``, into a copy of the package in a temporary folder, and runs the
-kernel's tests (``tests/test_native_cross_entropy.py`` and the C kernel's cases of
-``tests/test_conformance.py``) against that copy, with the AddressSanitizer runtime preloaded
-(Python itself is not built with it). Any report of either sanitizer fails the run.
+Builds ``src/crossent/torch/_native.c`` and ``src/crossent/coding/_quantise.c`` with the flags
+of ``setup.py`` plus ``-fsanitize=address,undefined``, into a copy of the package in a
+temporary folder, and runs their tests (``tests/test_native_cross_entropy.py``, the C kernel's
+cases of ``tests/test_conformance.py``, ``tests/test_coding_labels.py``) against that copy,
+with the AddressSanitizer runtime preloaded (Python itself is not built with it). Any report
+of either sanitizer fails the run.
 
     python tools/sanitize.py [pytest arguments...]
 """
@@ -27,9 +28,11 @@ SANITIZERS = [
     "-fno-omit-frame-pointer",
     "-g",
 ]
+KERNELS = {"torch/_native.c": "torch", "coding/_quantise.c": "coding"}  # source: package
 TESTS = [
     "tests/test_native_cross_entropy.py",
     "tests/test_conformance.py",
+    "tests/test_coding_labels.py",
     "-k",
     "not head and not Triton and not parallel and not GPU",
 ]
@@ -46,7 +49,8 @@ def main(arguments: list[str]) -> int:
         shutil.copytree(
             ROOT / "src" / "crossent", package, ignore=shutil.ignore_patterns("*.so", "__pycache__")
         )
-        _build(compiler, package / "torch")
+        for source, subpackage in KERNELS.items():
+            _build(compiler, ROOT / "src" / "crossent" / source, package / subpackage)
         environment = {
             **os.environ,
             "PYTHONPATH": folder,  # this copy, not the installed package
@@ -64,8 +68,8 @@ def main(arguments: list[str]) -> int:
         return subprocess.run(command, cwd=ROOT, env=environment).returncode
 
 
-def _build(compiler: str, folder: Path) -> None:
-    """``_native.c`` compiled as setup.py compiles it, with the sanitizers."""
+def _build(compiler: str, source: Path, folder: Path) -> None:
+    """``source`` compiled into ``folder`` as setup.py compiles it, with the sanitizers."""
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     include = sysconfig.get_paths()["include"]
     command = [
@@ -75,9 +79,9 @@ def _build(compiler: str, folder: Path) -> None:
         *_setup_flags(),
         *SANITIZERS,
         f"-I{include}",
-        str(ROOT / "src" / "crossent" / "torch" / "_native.c"),
+        str(source),
         "-o",
-        str(folder / f"_native{suffix}"),
+        str(folder / f"{source.stem}{suffix}"),
     ]
     print("sanitize:", " ".join(command), flush=True)
     subprocess.run(command, check=True)

@@ -22,6 +22,8 @@ the coder's 32-bit words (little-endian), and the SHA-256 of everything before i
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import hashlib
 import json
 import os
@@ -29,6 +31,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -46,6 +49,19 @@ _CHECKSUM = 32  # bytes of SHA-256
 _HEX64 = frozenset("0123456789abcdef")
 
 Weights = Callable[[int, int], np.ndarray]  # (start, stop) -> (stop - start, M) float64 weights
+_THREADS = min(4, os.cpu_count() or 1)
+_SHARE_ELEMENTS = 1 << 18  # the fewest weights worth a thread of the compiled quantiser
+
+_quantise: ModuleType | None
+try:
+    from crossent.coding import _quantise
+except ImportError:  # built without a C compiler: NumPy computes the same frequencies
+    _quantise = None
+
+
+@functools.cache
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(_THREADS, thread_name_prefix="crossent-coding")
 
 
 def quantise(weights: np.ndarray) -> np.ndarray:
@@ -64,9 +80,62 @@ def _free_frequencies(u: np.ndarray) -> tuple[np.ndarray, bytes]:
     Also a fingerprint of them: the sum of each row's cuts, exact in float64, which any move
     of frequency between classes changes.
     """
+    free, fingerprint, _, _ = _quantised(u, None)
+    return free, fingerprint
+
+
+def _quantised(u: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, bytes, float, float]:
+    """:func:`_free_frequencies` of ``u``, and for ``labels`` the bits of the float and the
+    quantised model: Σ log2 U_M − log2 u_y and Σ 24 − log2 w_y. Computed by the compiled
+    quantiser (``_quantise.c``, one pass a row, on several threads) where it was built, else
+    by NumPy: the same double operations in the same order, so the same frequencies."""
     classes = u.shape[1]
     if classes < 2 or classes >= _TOTAL:
         raise ValueError(f"coding needs 2 to 2^24 - 1 classes; got {classes}")
+    if _quantise is None:
+        return _quantised_in_numpy(u, labels)
+    free = np.empty_like(u)
+    prints = np.empty(u.shape[0])
+    y = None if labels is None else np.ascontiguousarray(labels, dtype=np.int32)
+    bad, nll, quantised = -1, 0.0, 0.0
+    for row, part_nll, part_quantised in _on_threads(u, y, free, prints):
+        bad = row if bad < 0 <= row else bad
+        nll, quantised = nll + part_nll, quantised + part_quantised
+    if bad >= 0:
+        raise ValueError(f"predicted weights must be finite, ≥ 0 and not all 0; row {bad} is not")
+    return free, prints.astype("<f8").tobytes(), nll, quantised
+
+
+def _on_threads(
+    u: np.ndarray, labels: np.ndarray | None, free: np.ndarray, prints: np.ndarray
+) -> list[tuple[int, float, float]]:
+    """The compiled quantiser over ``u``'s rows, a share of them per thread where there is
+    work for several (it releases the GIL): per share, its first refused row and its bits."""
+    assert _quantise is not None
+    rows, classes = u.shape
+    shares = max(1, min(_THREADS, rows * classes // _SHARE_ELEMENTS))
+    step = -(-rows // shares)
+
+    def share(start: int) -> tuple[int, float, float]:
+        stop = min(rows, start + step)
+        assert _quantise is not None
+        bad, nll, quantised = _quantise.free_frequencies(
+            u[start:].ctypes.data, stop - start, classes,
+            0 if labels is None else labels[start:].ctypes.data,
+            free[start:].ctypes.data, prints[start:].ctypes.data,
+        )  # fmt: skip
+        return (start + bad if bad >= 0 else -1), nll, quantised
+
+    if shares == 1:
+        return [share(0)]
+    return list(_pool().map(share, range(0, rows, step)))
+
+
+def _quantised_in_numpy(
+    u: np.ndarray, labels: np.ndarray | None
+) -> tuple[np.ndarray, bytes, float, float]:
+    """:func:`_quantised` in NumPy (where the compiled quantiser was not built)."""
+    classes = u.shape[1]
     cuts = np.cumsum(u, axis=1)
     totals = cuts[:, -1].copy()
     bad = ~(np.isfinite(totals) & (totals > 0)) | (u < 0).any(axis=1)
@@ -79,7 +148,12 @@ def _free_frequencies(u: np.ndarray) -> tuple[np.ndarray, bytes]:
     free = np.empty_like(cuts)
     free[:, 0] = cuts[:, 0]
     np.subtract(cuts[:, 1:], cuts[:, :-1], out=free[:, 1:])
-    return free, cuts.sum(axis=1).astype("<f8").tobytes()
+    nll = quantised = 0.0
+    if labels is not None:
+        rows = np.arange(len(labels))
+        nll = float(np.sum(np.log2(totals) - _log2(u[rows, labels])))
+        quantised = float(np.sum(PRECISION - np.log2(free[rows, labels] + 1)))
+    return free, cuts.sum(axis=1).astype("<f8").tobytes(), nll, quantised
 
 
 @dataclass(frozen=True)
@@ -131,11 +205,9 @@ def compress(
         u = _checked_weights(weights(start, start + len(chunk)), len(chunk), classes or None)
         classes = u.shape[1]
         _check_labels(chunk, classes, start)
-        free, fingerprint = _free_frequencies(u)
+        free, fingerprint, chunk_nll, chunk_quantised = _quantised(u, chunk)
         predictions.update(fingerprint)
-        rows = np.arange(len(chunk))
-        nll += float(np.sum(np.log2(u.sum(axis=1)) - _log2(u[rows, chunk])))
-        quantised += float(np.sum(PRECISION - np.log2(free[rows, chunk] + 1)))
+        nll, quantised = nll + chunk_nll, quantised + chunk_quantised
         encoder.encode(chunk, model, free)
     words = np.asarray(encoder.get_compressed(), dtype=np.uint32)
     header = {
