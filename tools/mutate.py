@@ -82,10 +82,13 @@ def run(module: str, workers: int) -> dict[str, int]:
     )
     environment = {**os.environ, "HYPOTHESIS_PROFILE": "mutation", "PYTHONPATH": ""}
     started = time.monotonic()
-    subprocess.run(
-        [str(BIN / "mutmut"), "run", "--max-children", str(workers)],
-        cwd=folder, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    with (folder / "mutmut.log").open("w") as log:
+        done = subprocess.run(
+            [str(BIN / "mutmut"), "run", "--max-children", str(workers)],
+            cwd=folder, env=environment, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"mutmut failed on {module}: see {folder / 'mutmut.log'}")
     results = subprocess.run(
         [str(BIN / "mutmut"), "results", "--all", "true"],
         cwd=folder, env=environment, capture_output=True, text=True,
