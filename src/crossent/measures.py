@@ -361,7 +361,17 @@ def kl_divergence(
     Computed term by term, Σ p (log p − log q), not as a difference of two sums, so that
     D(p ‖ p) is exactly 0 (log(p / q) would round once less, but overflows for a subnormal q).
 
-    Args: as :func:`cross_entropy` (``target_index`` is a one-hot p, for which D = H(p, q)).
+    Args:
+        target_probs, target_log_probs, target_logits: the true distributions p
+            ``[..., num_classes]``; or
+        target_index: observed classes ``[...]`` (a one-hot p, for which H(p) = 0 and
+            D = H(p, q)). Give exactly one target.
+        pred_probs, pred_log_probs, pred_logits: the model's distributions q
+            ``[..., num_classes]``, same shape as the target. Give exactly one.
+        base: unit: 2 bits (default), ``math.e`` nats, 10 hartleys.
+        dim: the class axis.
+        reduction: ``"none"`` one value per distribution, ``"sum"`` or ``"mean"`` over them.
+        validate: check the values before computing.
 
     Returns:
         D(p ‖ q) in the unit of ``base`` (bits by default); +inf where p puts mass on a class
@@ -431,13 +441,24 @@ def perplexity(
     2 ** H_bits = e ** H_nats, so there is no ``base`` argument.
 
     Args:
-        target_*, pred_*: as :func:`cross_entropy`; ``pred_*`` may be left out.
+        target_probs, target_log_probs, target_logits, target_index: the truth p, as in
+            :func:`cross_entropy` ``[..., num_classes]`` (``[...]`` for ``target_index``).
+        pred_probs, pred_log_probs, pred_logits: the model q ``[..., num_classes]``, as in
+            :func:`cross_entropy`; may be left out (then q = p).
+        dim: the class axis.
+        validate: check the values before computing.
         reduction: ``"mean"`` (default) the perplexity of the whole batch, base ** (mean H), or
             ``"none"`` one perplexity per distribution. A sum of perplexities means nothing, so
             ``"sum"`` is refused.
 
+    Returns:
+        A number ≥ 1 (no unit: a count of equally likely outcomes).
+
     >>> float(perplexity(target_probs=[0.25, 0.25, 0.25, 0.25]))
     4.0
+    >>> q = [[0.5, 0.5], [0.25, 0.75]]     # NLL: 1 bit, then log2(4/3) = 0.415 bits
+    >>> round(float(perplexity(target_index=[0, 1], pred_probs=q)), 4)   # 2 ** (mean NLL)
+    1.633
     """
     mode = _checks.check_reduction(reduction, allowed=("none", "mean"))
     nats, given = _pairwise(_cross_entropy_nats, locals(), pred_optional=True)
