@@ -1,6 +1,6 @@
 """crossent's softmax classifier as a scikit-learn estimator, and scorers in bits.
 
-:class:`SoftmaxClassifier` is the model and the minibatch SGD of ``crossent train`` (SEED.md
+:class:`SoftmaxClassifier` is the model and the minibatch SGD of ``crossent train`` (docs/theory.md
 §1–§2: ŷ = softmax(z), θ chosen by SGD on the mean NLL), with scikit-learn's API, so it works
 in ``Pipeline``, ``GridSearchCV`` and ``cross_val_score``. Its :meth:`~SoftmaxClassifier.score`
 is −(mean NLL in bits): greater is better, as scikit-learn's model selection needs.

@@ -3,7 +3,7 @@
 :class:`Scorecard` accumulates over batches of (log-probabilities, labels), so data larger than
 memory is scored in constant memory, and :meth:`Scorecard.report` gives every figure at once.
 
-The decomposition of the mean log loss (Bröcker 2009; Weijs et al. 2010; REFERENCE.md §4),
+The decomposition of the mean log loss (Bröcker 2009; Weijs et al. 2010; docs/prior-art.md §4),
 in bits per example, is
 
     E[−log2 f_Y(X)] = H(Y) − resolution + reliability,

@@ -1,4 +1,4 @@
-"""The softmax classifier of SEED.md §1: ŷ = σ(z), z = network(standardised x).
+"""The softmax classifier of docs/theory.md §1: ŷ = σ(z), z = network(standardised x).
 
 The network is linear (multinomial logistic regression) or an MLP with ReLU hidden layers; its
 output z holds the M logits and the softmax is applied by the loss (log σ(z) directly, which

@@ -1,6 +1,6 @@
-"""Minibatch SGD on the negative log-likelihood (SEED.md §2), with three equal objectives.
+"""Minibatch SGD on the negative log-likelihood (docs/theory.md §2), with three equal objectives.
 
-For a one-hot y and predictions ŷ = softmax(z) (SEED.md §4–§5):
+For a one-hot y and predictions ŷ = softmax(z) (docs/theory.md §4–§5):
 
     NLL = −log ŷ_y = H(y, ŷ) = D_KL(y ‖ ŷ) + H(y),   and H(y) = 0,
 

@@ -1,4 +1,4 @@
-"""``crossent explain``: the article's argument (SEED.md §3–§6), step by step, on real numbers.
+"""``crossent explain``: the article's argument (docs/theory.md §3–§6), step by step, on numbers.
 
 Every number printed is computed by the library's public functions, and every identity shown
 (NLL = cross entropy, D = H(p, q) − H(p), batch NLL = sum of per-example cross entropies) is
@@ -139,7 +139,7 @@ def _surprise(probability: float) -> float:
 def _entropy_step(console: Console, outcomes: list[str], q: list[float]) -> dict[str, Any]:
     lengths = shannon_lengths(q)
     words = canonical_code(lengths)
-    table = Table(title="1. Entropy: the best yes/no questions for q (SEED.md §3)")
+    table = Table(title="1. Entropy: the best yes/no questions for q (docs/theory.md §3)")
     for column in ("outcome x", "q(x)", "code word", "questions l(x)", "log2 1/q(x)"):
         table.add_column(column, justify="right")
     for x, qx, word, length in zip(outcomes, q, words, lengths, strict=True):

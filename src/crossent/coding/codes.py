@@ -1,4 +1,4 @@
-"""Prefix codes from code lengths: the yes/no questions of SEED.md §3 as real code words.
+"""Prefix codes from code lengths: the yes/no questions of docs/theory.md §3 as real code words.
 
 A code word of length l is l yes/no answers. The Shannon code for a distribution q gives the
 outcome x the length l(x) = ⌈log2 1/q(x)⌉; then Σ 2^−l(x) ≤ 1 (Kraft), so a prefix code with

@@ -1,4 +1,4 @@
-"""Codes of a distribution, their lengths, and the twenty-questions game (SEED.md §3–§4).
+"""Codes of a distribution, their lengths, and the twenty-questions game (docs/theory.md §3–§4).
 
 A code word of length l(x) is l(x) yes/no answers. For a code used on outcomes that follow g,
 with r(x) = 2^−l(x), the expected length is exactly

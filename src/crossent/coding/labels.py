@@ -1,4 +1,4 @@
-"""Labels compressed with a model's predictions: the NLL in bits made real (SEED.md §4).
+"""Labels compressed with a model's predictions: the NLL in bits made real (docs/theory.md §4).
 
 Label y_i is coded with the model's distribution for its own x_i by constriction's range coder,
 so the compressed size is Σ_i −log2 q_i(y_i), the batch NLL in bits, plus a small overhead.
