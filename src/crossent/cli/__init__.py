@@ -76,7 +76,10 @@ def _add_quiet(parser: argparse.ArgumentParser) -> None:
     """``-q/--quiet``, the same in every command (not in one whose extra is missing)."""
     if parser.prefix_chars == "-":
         parser.add_argument(
-            "-q", "--quiet", action="store_true", help="print nothing but errors: no progress"
+            "-q",
+            "--quiet",
+            action="store_true",
+            help="print nothing but errors: no progress, no report",
         )
 
 
