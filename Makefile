@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 TORCH_INDEX ?=
 TORCH_FROM := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
-.PHONY: demo test lint check bench dist clean sanitize mutate
+.PHONY: demo test lint check docs bench dist clean sanitize mutate
 
 # The editable install also compiles the C kernel, so a change to it installs again; the
 # kernels of earlier builds go first, or Python could load one of them instead.
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml setup.py src/crossent/torch/_native.c src/crossent/codi
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_FROM) "torch==2.13.0"
 	rm -f src/crossent/torch/_native*.so src/crossent/coding/_quantise*.so
-	$(BIN)/python -m pip install --quiet -e ".[dev,transformers]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,transformers,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -32,11 +32,19 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples tools
-	$(BIN)/ruff format --check src tests benchmarks examples tools
+	$(BIN)/ruff check src tests benchmarks examples tools docs/conf.py docs/_ext
+	$(BIN)/ruff format --check src tests benchmarks examples tools docs/conf.py docs/_ext
 	$(BIN)/mypy
 
 check: test lint
+
+# The documentation site, in docs/_build/html: Sphinx over docs/*.md and the docstrings, every
+# ```python block of a page run as it is built; any warning fails it (-W), and it fetches
+# nothing (-E: every page read again, so that a changed docstring is never missed). Then every
+# code block of README.md and docs/ runs as written (the slow part of test_doc_examples.py).
+docs: $(STAMP)
+	$(BIN)/sphinx-build -W --keep-going -E -q -b html docs docs/_build/html
+	$(BIN)/python -m pytest -q -m slow tests/test_doc_examples.py
 
 # The C kernel under AddressSanitizer and UndefinedBehaviorSanitizer, and its exp polynomial
 # derived again; both exit non-zero on a finding.
@@ -66,5 +74,5 @@ dist: $(STAMP)
 	$(BIN)/twine check --strict dist/*
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist docs/_build
 	rm -f src/crossent/torch/_native*.so src/crossent/coding/_quantise*.so

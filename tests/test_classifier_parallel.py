@@ -1,6 +1,6 @@
 """Data-parallel training on 2 and 4 gloo processes gives the single process's numbers.
 
-The batch NLL is the sum of the parts' sums (SEED.md §6), so the losses reported at every
+The batch NLL is the sum of the parts' sums (docs/theory.md §6), so the losses reported at every
 step and epoch, the held-out losses and the trained weights must equal those of one process
 on the same data and seed, up to float rounding (the sums are added in another order).
 """

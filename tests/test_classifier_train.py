@@ -37,7 +37,7 @@ def trajectory(objective: str, hidden: list[int]) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("hidden", [[], [8]], ids=["linear", "mlp"])
 def test_nll_cross_entropy_and_kl_take_the_same_steps(hidden: list[int]) -> None:
-    """SEED.md §5: H(y) of a one-hot y is 0, so NLL, H(y, ŷ) and D(y ‖ ŷ) have one minimiser,
+    """docs/theory.md §5: H(y) of a one-hot y is 0, so NLL, H(y, ŷ) and D(y ‖ ŷ) have one minimiser,
     and SGD from the same seed follows the same path with each (to float32 rounding)."""
     paths = {objective: trajectory(objective, hidden) for objective in OBJECTIVES}
     reference = paths["nll"]

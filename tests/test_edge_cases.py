@@ -1,4 +1,4 @@
-"""The edge cases of REFERENCE.md §1 where the anchors fail, with crossent's answer pinned.
+"""The edge cases of docs/prior-art.md §1 where the anchors fail, with crossent's answer pinned.
 
 Each test names the anchor's behaviour it improves on; the expected values come from float64
 formulas written out in the test.

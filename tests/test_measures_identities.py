@@ -1,4 +1,5 @@
-"""The identities of SEED.md §3–§6 on random numbers: Gibbs, D = H(p, q) − H(p), NLL = CE, ..."""
+"""The identities of docs/theory.md §3–§6 on random numbers: Gibbs, D = H(p, q) − H(p), NLL = CE,
+..."""
 
 from __future__ import annotations
 

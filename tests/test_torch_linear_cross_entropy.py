@@ -214,7 +214,7 @@ def test_bfloat16_loss_is_float32_and_no_worse_than_eager() -> None:
 
 def test_weight_gradient_summed_in_float32_beats_summing_in_bfloat16() -> None:
     """Many chunks of bfloat16 gradient summed in bfloat16 lose precision (the divergence in
-    REFERENCE.md §2); the float32 default does not."""
+    docs/prior-art.md §2); the float32 default does not."""
     hidden, weight, _bias, labels = head(2048, 32, 64, seed=5)
     hidden, weight = hidden.detach().bfloat16(), weight.detach().bfloat16()
     exact_w = weight.double().requires_grad_()  # the same bfloat16 numbers, computed exactly

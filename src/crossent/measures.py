@@ -1,4 +1,4 @@
-"""Information measures of discrete distributions (SEED.md §3–§6).
+"""Information measures of discrete distributions (docs/theory.md §3–§6).
 
 Two roles never trade places. The **target** is the truth: the distribution outcomes really
 follow (the data, one-hot for an observed class). The **pred** is the model: the distribution the
@@ -14,8 +14,9 @@ gives hartleys. Values are computed in nats and divided by ln(base).
 Arrays: NumPy arrays (and lists) in, NumPy out; torch tensors in, tensors out, on their device,
 with autograd. Classes lie along ``dim`` (default the last axis); every other axis indexes
 distributions. ``reduction`` is ``"none"`` (one value per distribution, the default), ``"sum"``
-(the batch total, SEED.md §6: the NLL of a batch is the sum of per-example cross entropies) or
-``"mean"`` (per example). float16 and bfloat16 inputs are computed, and returned, in float32.
+(the batch total, docs/theory.md §6: the NLL of a batch is the sum of per-example cross
+entropies) or ``"mean"`` (per example). float16 and bfloat16 inputs are computed, and
+returned, in float32.
 
 Convention: 0 · log 0 = 0, in values and gradients, also for −inf logits and log-probabilities;
 target mass on a class to which the model gives probability 0 costs +inf (never NaN, never a
@@ -260,7 +261,7 @@ def entropy(
     """Entropy H(p) = −Σ_x p(x) log p(x): the expected cost of an outcome under its best code.
 
     In bits (``base=2``, the default) H(p) is the expected number of yes/no questions needed to
-    identify an outcome drawn from p, with the questions chosen optimally for p (SEED.md §3).
+    identify an outcome drawn from p, with the questions chosen optimally for p (docs/theory.md §3).
 
     Args:
         probs: probabilities ``[..., num_classes]`` (classes along ``dim``); or give exactly one of
@@ -306,10 +307,11 @@ def cross_entropy(
     """Cross entropy H(p, q) = −Σ_x p(x) log q(x): coding outcomes of p with the code built for q.
 
     The **target** p is the truth, the distribution outcomes really follow; the **pred** q is the
-    model, the distribution the code (or classifier) was built for (SEED.md §4). In bits it is the
-    expected number of yes/no questions when the questions are optimised for q but outcomes come
-    from p. H(p, q) ≥ H(p), with equality iff q = p (Gibbs); it is not symmetric. With a one-hot
-    target (``target_index``) it is the negative log-likelihood −log q_j of the observed class j.
+    model, the distribution the code (or classifier) was built for (docs/theory.md §4). In bits
+    it is the expected number of yes/no questions when the questions are optimised for q but
+    outcomes come from p. H(p, q) ≥ H(p), with equality iff q = p (Gibbs); it is not symmetric.
+    With a one-hot target (``target_index``) it is the negative log-likelihood −log q_j of the
+    observed class j.
 
     Args:
         target_probs, target_log_probs, target_logits: the true distributions p
@@ -321,7 +323,7 @@ def cross_entropy(
         base: unit: 2 bits (default), ``math.e`` nats, 10 hartleys.
         dim: the class axis.
         reduction: ``"none"`` one value per distribution (per example), ``"sum"`` the batch total
-            (the NLL of a batch, SEED.md §6), ``"mean"`` the average per example.
+            (the NLL of a batch, docs/theory.md §6), ``"mean"`` the average per example.
         validate: check the values before computing.
 
     Returns:
@@ -355,13 +357,23 @@ def kl_divergence(
     """Kullback–Leibler divergence D(p ‖ q) = Σ_x p(x) log(p(x) / q(x)) = H(p, q) − H(p).
 
     The extra cost, per outcome, of coding outcomes of the true distribution p (the **target**)
-    with the code built for the model q (the **pred**) instead of p's own code (SEED.md §5).
+    with the code built for the model q (the **pred**) instead of p's own code (docs/theory.md §5).
     D ≥ 0, with equality iff q = p; it is not symmetric. As a classifier loss its H(p) term does
     not depend on the model, so minimising D, H(p, q) or the NLL gives the same parameters.
     Computed term by term, Σ p (log p − log q), not as a difference of two sums, so that
     D(p ‖ p) is exactly 0 (log(p / q) would round once less, but overflows for a subnormal q).
 
-    Args: as :func:`cross_entropy` (``target_index`` is a one-hot p, for which D = H(p, q)).
+    Args:
+        target_probs, target_log_probs, target_logits: the true distributions p
+            ``[..., num_classes]``; or
+        target_index: observed classes ``[...]`` (a one-hot p, for which H(p) = 0 and
+            D = H(p, q)). Give exactly one target.
+        pred_probs, pred_log_probs, pred_logits: the model's distributions q
+            ``[..., num_classes]``, same shape as the target. Give exactly one.
+        base: unit: 2 bits (default), ``math.e`` nats, 10 hartleys.
+        dim: the class axis.
+        reduction: ``"none"`` one value per distribution, ``"sum"`` or ``"mean"`` over them.
+        validate: check the values before computing.
 
     Returns:
         D(p ‖ q) in the unit of ``base`` (bits by default); +inf where p puts mass on a class
@@ -389,9 +401,10 @@ def nll(
 ) -> Any:
     """Negative log-likelihood −log q(y) of observed classes y under predicted distributions q.
 
-    For one observation this is −Σ_j y_j log ŷ_j with y one-hot (SEED.md §2): exactly the cross
-    entropy H(y, ŷ). For a batch of independent observations the NLL of the batch is the sum of
-    the per-example values (``reduction="sum"``, SEED.md §6); ``"mean"`` gives it per example.
+    For one observation this is −Σ_j y_j log ŷ_j with y one-hot (docs/theory.md §2): exactly the
+    cross entropy H(y, ŷ). For a batch of independent observations the NLL of the batch is the
+    sum of the per-example values (``reduction="sum"``, docs/theory.md §6); ``"mean"`` gives it
+    per example.
 
     Args:
         target_index: the observed classes ``[...]``, integers in [0, num_classes).
@@ -431,13 +444,24 @@ def perplexity(
     2 ** H_bits = e ** H_nats, so there is no ``base`` argument.
 
     Args:
-        target_*, pred_*: as :func:`cross_entropy`; ``pred_*`` may be left out.
+        target_probs, target_log_probs, target_logits, target_index: the truth p, as in
+            :func:`cross_entropy` ``[..., num_classes]`` (``[...]`` for ``target_index``).
+        pred_probs, pred_log_probs, pred_logits: the model q ``[..., num_classes]``, as in
+            :func:`cross_entropy`; may be left out (then q = p).
+        dim: the class axis.
+        validate: check the values before computing.
         reduction: ``"mean"`` (default) the perplexity of the whole batch, base ** (mean H), or
             ``"none"`` one perplexity per distribution. A sum of perplexities means nothing, so
             ``"sum"`` is refused.
 
+    Returns:
+        A number ≥ 1 (no unit: a count of equally likely outcomes).
+
     >>> float(perplexity(target_probs=[0.25, 0.25, 0.25, 0.25]))
     4.0
+    >>> q = [[0.5, 0.5], [0.25, 0.75]]     # NLL: 1 bit, then log2(4/3) = 0.415 bits
+    >>> round(float(perplexity(target_index=[0, 1], pred_probs=q)), 4)   # 2 ** (mean NLL)
+    1.633
     """
     mode = _checks.check_reduction(reduction, allowed=("none", "mean"))
     nats, given = _pairwise(_cross_entropy_nats, locals(), pred_optional=True)

@@ -1,6 +1,6 @@
 """crossent's softmax classifier as a scikit-learn estimator, and scorers in bits.
 
-:class:`SoftmaxClassifier` is the model and the minibatch SGD of ``crossent train`` (SEED.md
+:class:`SoftmaxClassifier` is the model and the minibatch SGD of ``crossent train`` (docs/theory.md
 §1–§2: ŷ = softmax(z), θ chosen by SGD on the mean NLL), with scikit-learn's API, so it works
 in ``Pipeline``, ``GridSearchCV`` and ``cross_val_score``. Its :meth:`~SoftmaxClassifier.score`
 is −(mean NLL in bits): greater is better, as scikit-learn's model selection needs.
@@ -107,6 +107,10 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         """Fit the model to features ``X`` ``(N, D)`` and labels ``y`` ``(N,)`` of any kind,
         standardising the features on ``X`` as ``crossent train`` does on its training part.
 
+        Args:
+            X: ``(N, D)`` features: an array or a DataFrame (whose column names are kept).
+            y: ``(N,)`` labels of any kind (text, integers, ...), at least two classes.
+
         Returns:
             self, fitted.
         """
@@ -128,7 +132,11 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         return self
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
-        """log p(y | x) in nats, ``(N, M)`` float64, columns in the order of ``classes_``."""
+        """log p(y | x) in nats, ``(N, M)`` float64, columns in the order of ``classes_``.
+
+        Args:
+            X: ``(N, D)`` features: an array, or a DataFrame with the fitted feature names.
+        """
         check_is_fitted(self)
         features = validate_data(self, X, dtype=np.float64, reset=False)
         model = self.model_
@@ -142,19 +150,33 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         return log_probs
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """p(y | x), ``(N, M)`` float64, rows summing to 1, columns in the order of ``classes_``."""
+        """p(y | x), ``(N, M)`` float64, rows summing to 1, columns in the order of ``classes_``.
+
+        Args:
+            X: ``(N, D)`` features: an array, or a DataFrame with the fitted feature names.
+        """
         probs: np.ndarray = np.exp(self.predict_log_proba(X))
         return probs
 
     def predict(self, X: Any) -> np.ndarray:
-        """The most probable label of each row, ``(N,)``, taken from ``classes_``."""
+        """The most probable label of each row, ``(N,)``, taken from ``classes_``.
+
+        Args:
+            X: ``(N, D)`` features: an array, or a DataFrame with the fitted feature names.
+        """
         log_probs = self.predict_log_proba(X)  # first: it checks that the model is fitted
         labels: np.ndarray = self.classes_[np.argmax(log_probs, axis=1)]
         return labels
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         """−(mean NLL) = (1/N) Σ_i log2 p(y_i | x_i), in bits per example: 0 is perfect, and
-        greater is better (model selection maximises it). Weighted by ``sample_weight``."""
+        greater is better (model selection maximises it).
+
+        Args:
+            X: ``(N, D)`` features: an array, or a DataFrame with the fitted feature names.
+            y: ``(N,)`` labels, each one of ``classes_``.
+            sample_weight: ``(N,)`` weights of the examples, or None.
+        """
         return neg_nll_bits(self, X, y, sample_weight=sample_weight)
 
     def _options(self) -> SGDOptions:
@@ -208,6 +230,12 @@ def neg_nll_bits(estimator: Any, X: Any, y: Any, sample_weight: Any = None) -> f
     Works for any fitted classifier with ``classes_`` and ``predict_log_proba`` (or
     ``predict_proba``), with labels of any kind, and on a test fold that lacks some classes;
     a label the estimator never saw is an error.
+
+    Args:
+        estimator: a fitted classifier.
+        X: ``(N, D)`` features.
+        y: ``(N,)`` labels.
+        sample_weight: ``(N,)`` weights of the examples, or None.
 
     >>> import math
     >>> from sklearn.datasets import load_iris

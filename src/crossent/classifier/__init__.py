@@ -1,4 +1,4 @@
-"""The softmax classifier of SEED.md §1, trained by SGD on the NLL and scored in bits.
+"""The softmax classifier of docs/theory.md §1, trained by SGD on the NLL and scored in bits.
 
 Data flows one way: :mod:`~crossent.classifier.data` (tables in, checked arrays out) →
 :mod:`~crossent.classifier.model` (linear or MLP logits) → :mod:`~crossent.classifier.train`

@@ -40,7 +40,20 @@ _PARQUET_BUFFER = 1 << 16  # bytes read at a time from each column of a Parquet 
 
 @dataclass(frozen=True)
 class LabelledData:
-    """Features ``(N, D)`` float64 and labels ``(N,)`` as indices into ``classes``."""
+    """Features ``(N, D)`` float64 and labels ``(N,)`` as indices into ``classes``.
+
+    Attributes:
+        features: ``(N, D)`` float64, finite.
+        labels: ``(N,)`` int64 indices into ``classes``.
+        classes: the M labels as text, sorted (integer labels as numbers).
+        feature_names: the D feature columns, in order.
+        target: the name of the label column.
+        source: what the data came from, as messages name it.
+
+    >>> iris = bundled("iris")
+    >>> iris.features.shape, iris.labels[:3].tolist(), iris.classes
+    ((150, 4), [0, 0, 0], ['setosa', 'versicolor', 'virginica'])
+    """
 
     features: np.ndarray
     labels: np.ndarray
@@ -51,7 +64,15 @@ class LabelledData:
 
 
 def bundled(name: str) -> LabelledData:
-    """One of scikit-learn's bundled data sets (nothing is downloaded)."""
+    """One of scikit-learn's bundled data sets (nothing is downloaded).
+
+    Args:
+        name: "iris", "wine", "digits" or "breast_cancer".
+
+    >>> digits = bundled("digits")
+    >>> digits.features.shape, len(digits.classes), digits.source
+    ((1797, 64), 10, 'scikit-learn digits')
+    """
     from sklearn import datasets
 
     if name not in BUNDLED:
@@ -65,7 +86,20 @@ def bundled(name: str) -> LabelledData:
 
 
 def split(data: LabelledData, test_size: float, seed: int) -> tuple[LabelledData, LabelledData]:
-    """A stratified split into training and held-out parts (each class in both)."""
+    """A stratified split into training and held-out parts (each class in both).
+
+    Args:
+        data: the rows to split.
+        test_size: the fraction held out, in (0, 1).
+        seed: the seed of the shuffle.
+
+    Returns:
+        ``(training, held_out)``, each a :class:`LabelledData` with rows in file order.
+
+    >>> training, held_out = split(bundled("iris"), test_size=0.2, seed=0)
+    >>> len(training.labels), len(held_out.labels), sorted(set(held_out.labels.tolist()))
+    (120, 30, [0, 1, 2])
+    """
     from sklearn.model_selection import train_test_split
 
     if not 0 < test_size < 1:
@@ -98,6 +132,20 @@ def read_table(path: str | os.PathLike[str], *, text_columns: Sequence[str] = ()
 
     ``text_columns`` of a CSV file are read as text, not inferred: labels such as
     18446744073709551615 (2**64 − 1, which pyarrow would read as a float) or "007" stay exact.
+
+    Args:
+        path: a ``.csv`` or ``.parquet`` file.
+        text_columns: columns of a CSV file to read as text.
+
+    A bad file is a ValueError that names it, and the row and column where that helps.
+
+    >>> import tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = Path(folder.name) / "t.csv"
+    >>> _ = path.write_text("x,label\\n0.5,007\\n1.5,18446744073709551615\\n")
+    >>> read_table(path, text_columns=["label"]).column("label").to_pylist()
+    ['007', '18446744073709551615']
+    >>> folder.cleanup()
     """
     path, kind = _existing(path)
     with _reading(path):
@@ -123,7 +171,21 @@ def column_names(path: str | os.PathLike[str]) -> list[str]:
 
 
 def labelled(table: pa.Table, target: str, source: str) -> LabelledData:
-    """Split a table into numeric, finite features and encoded labels of column ``target``."""
+    """Split a table into numeric, finite features and encoded labels of column ``target``.
+
+    Args:
+        table: a pyarrow table, e.g. :func:`read_table`'s.
+        target: the label column; every other column is a feature.
+        source: what the table came from, for messages (e.g. the file's name).
+
+    >>> table = pa.table({"x": [0.1, 0.2, 0.3], "y": ["b", "a", "b"]})
+    >>> data = labelled(table, "y", source="'t.csv'")
+    >>> data.classes, data.labels.tolist(), data.feature_names
+    (['a', 'b'], [1, 0, 1], ['x'])
+    >>> labelled(table, "z", source="'t.csv'")
+    Traceback (most recent call last):
+    ValueError: target column ['z'] not found in 't.csv'; its columns are ['x', 'y']
+    """
     check_columns(table.column_names, [target], "target column", source)
     classes, labels = _encode_new_labels(table.column(target), target, source)
     feature_names = [name for name in table.column_names if name != target]

@@ -3,7 +3,7 @@
 :class:`Scorecard` accumulates over batches of (log-probabilities, labels), so data larger than
 memory is scored in constant memory, and :meth:`Scorecard.report` gives every figure at once.
 
-The decomposition of the mean log loss (Bröcker 2009; Weijs et al. 2010; REFERENCE.md §4),
+The decomposition of the mean log loss (Bröcker 2009; Weijs et al. 2010; docs/prior-art.md §4),
 in bits per example, is
 
     E[−log2 f_Y(X)] = H(Y) − resolution + reliability,
@@ -60,7 +60,33 @@ class ConfidenceBin:
 
 @dataclass(frozen=True)
 class Report:
-    """Every figure of a scored set of predictions; NLL per example (mean) and total (sum)."""
+    """Every figure of a scored set of predictions; NLL per example (mean) and total (sum).
+
+    The mean NLL adds up as uncertainty − resolution + reliability (docs/theory.md §7), with
+    the forecasts grouped by ``decomposition_bins``.
+
+    Attributes:
+        examples: N, the examples scored.
+        classes: M, the classes.
+        accuracy: the fraction whose top-probability class is the label.
+        mean_nll_bits, mean_nll_nats: the NLL per example, −(1/N) Σ log q(y).
+        total_nll_bits, total_nll_nats: the NLL of the whole set, −Σ log q(y).
+        label_entropy_bits: H(Y) of the labels' frequencies, bits per example.
+        perplexity: 2 ** (mean NLL in bits).
+        uncertainty_bits: H(Y), the first term of the decomposition.
+        resolution_bits: what the forecasts tell apart, I(Y; forecast), estimated by binning.
+        reliability_bits: the calibration loss, E[D(π ‖ forecast)], estimated by binning.
+        decomposition_bins: how the forecasts were binned for the decomposition, in words.
+        ece: the top-label expected calibration error.
+        confidence_bins: the reliability diagram's bins: count, confidence, accuracy.
+        per_class: per class: count, frequency, mean predicted probability, recall and mean NLL.
+
+    >>> card = Scorecard(["a", "b"])
+    >>> card.update(np.log([[0.5, 0.5], [0.25, 0.75]]), np.array([0, 1]))
+    >>> report = card.report()
+    >>> round(report.total_nll_bits, 6), round(report.mean_nll_bits, 6)  # 1 + log2(4/3) bits
+    (1.415037, 0.707519)
+    """
 
     examples: int
     classes: int
@@ -80,11 +106,26 @@ class Report:
     per_class: list[ClassFigures]
 
     def to_dict(self) -> dict[str, Any]:
+        """Every figure as plain numbers, lists and strings: the JSON of ``--json``."""
         return asdict(self)
 
 
 class Scorecard:
-    """Running sums for :class:`Report`; ``update`` with each batch, then ``report``."""
+    """Running sums for :class:`Report`; ``update`` with each batch, then ``report``.
+
+    Memory does not grow with the examples added: a file of any size is scored in batches.
+
+    Args:
+        classes: the M class names.
+        bins: equal-width confidence bins of the ECE and of the decomposition, ≥ 1.
+
+    >>> card = Scorecard(["cat", "dog"], bins=5)
+    >>> for batch in range(3):
+    ...     card.update(np.log([[0.9, 0.1], [0.2, 0.8]]), np.array([0, 1]))
+    >>> report = card.report()
+    >>> report.examples, report.accuracy, round(report.mean_nll_bits, 4)
+    (6, 1.0, 0.237)
+    """
 
     def __init__(self, classes: Sequence[str], bins: int = 10) -> None:
         if bins < 1:
@@ -105,7 +146,12 @@ class Scorecard:
         self._cell_counts = np.zeros(0, np.int64)
 
     def update(self, log_probs: np.ndarray, labels: np.ndarray) -> None:
-        """Add a batch: ``log_probs`` ``(n, M)`` in nats, ``labels`` ``(n,)`` class indices."""
+        """Add a batch of examples.
+
+        Args:
+            log_probs: ``(n, M)`` the predicted log-probabilities, in nats.
+            labels: ``(n,)`` the observed class indices.
+        """
         log_probs = np.asarray(log_probs, dtype=np.float64)
         labels = np.asarray(labels, dtype=np.int64)
         num_classes = len(self.classes)

@@ -1,4 +1,4 @@
-"""The softmax classifier of SEED.md §1: ŷ = σ(z), z = network(standardised x).
+"""The softmax classifier of docs/theory.md §1: ŷ = σ(z), z = network(standardised x).
 
 The network is linear (multinomial logistic regression) or an MLP with ReLU hidden layers; its
 output z holds the M logits and the softmax is applied by the loss (log σ(z) directly, which
@@ -45,7 +45,25 @@ _DAMAGED_WEIGHTS = (
 
 @dataclass(frozen=True)
 class ModelCard:
-    """Everything besides the weights that turns a table into predictions."""
+    """Everything besides the weights that turns a table into predictions (model.json).
+
+    Attributes:
+        classes: the M labels as text, in the order of the logits.
+        feature_names: the D feature columns the model reads, in order.
+        target: the name of the label column.
+        hidden: widths of the hidden layers; ``[]`` for a linear model.
+        mean, scale: ``D`` numbers each: features are standardised as (x − mean) / scale.
+        options: the training options, as recorded.
+        version: the crossent version that trained it.
+
+    >>> card = ModelCard(["a", "b"], ["x"], "y", hidden=[8], mean=[0.0], scale=[1.0])
+    >>> SoftmaxClassifier(card).network
+    Sequential(
+      (0): Linear(in_features=1, out_features=8, bias=True)
+      (1): ReLU()
+      (2): Linear(in_features=8, out_features=2, bias=True)
+    )
+    """
 
     classes: list[str]
     feature_names: list[str]
@@ -58,7 +76,20 @@ class ModelCard:
 
 
 class SoftmaxClassifier(nn.Module):
-    """Logits z = network((x − mean) / scale); the model is p(y | x, θ) = softmax(z)."""
+    """Logits z = network((x − mean) / scale); the model is p(y | x, θ) = softmax(z).
+
+    The network is linear, or an MLP with ReLU between the layers of ``card.hidden``
+    (docs/theory.md §1).
+
+    Args:
+        card: the :class:`ModelCard`: classes, features, hidden widths, standardisation.
+        seed: the seed of the initial weights (the same seed gives the same weights).
+
+    >>> card = ModelCard(["a", "b", "c"], ["x0", "x1"], "y", [], [0.0, 0.0], [1.0, 1.0])
+    >>> model = SoftmaxClassifier(card, seed=0)
+    >>> np.exp(model.log_probs(np.array([[0.5, -1.0]]))).sum()   # one distribution per row
+    np.float64(1.0)
+    """
 
     mean: torch.Tensor
     scale: torch.Tensor
@@ -77,13 +108,21 @@ class SoftmaxClassifier(nn.Module):
         self.register_buffer("scale", torch.tensor(card.scale), persistent=False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N, M)`` for raw (unstandardised) features ``(N, D)``."""
+        """Logits ``(N, M)`` for raw (unstandardised) features ``(N, D)``.
+
+        Args:
+            features: ``(N, D)`` float32 tensor of raw features.
+        """
         logits: torch.Tensor = self.network((features - self.mean) / self.scale)
         return logits
 
     @torch.no_grad()
     def log_probs(self, features: np.ndarray) -> np.ndarray:
-        """log p(y | x) in nats, ``(N, M)`` float64: log-softmax of the logits taken in float64."""
+        """log p(y | x) in nats, ``(N, M)`` float64: log-softmax of the logits taken in float64.
+
+        Args:
+            features: ``(N, D)`` raw features.
+        """
         logits = self(torch.from_numpy(np.asarray(features, dtype=np.float32)))
         log_probs: np.ndarray = torch.log_softmax(logits.double(), dim=-1).numpy()
         return log_probs
@@ -97,6 +136,9 @@ class SoftmaxClassifier(nn.Module):
         thread count or memory alignment. Entropy coding needs exactly this: the decoder
         must see the very probabilities the encoder used. It costs D multiply-adds over an
         (N, width) array per layer of input width D, slower than a matrix product.
+
+        Args:
+            features: ``(N, D)`` raw features.
         """
         x = (np.asarray(features, dtype=np.float64) - self.mean.double().numpy()) / (
             self.scale.double().numpy()
@@ -121,7 +163,20 @@ def standardisation(features: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 def save(model: SoftmaxClassifier, folder: Path) -> None:
-    """Write ``model.pt`` and ``model.json`` into ``folder``."""
+    """Write ``model.pt`` and ``model.json`` into ``folder``.
+
+    Args:
+        model: the model to save.
+        folder: an existing folder.
+
+    >>> import tempfile
+    >>> card = ModelCard(["a", "b"], ["x"], "y", [], [0.0], [1.0])
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> save(SoftmaxClassifier(card, seed=3), Path(folder.name))
+    >>> load(folder.name).card == card
+    True
+    >>> folder.cleanup()
+    """
     torch.save(model.state_dict(), folder / WEIGHTS)
     with atomic_path(folder / CARD) as temporary:
         temporary.write_text(json.dumps(asdict(model.card), indent=2) + "\n")
@@ -131,6 +186,16 @@ def load(folder: str | Path) -> SoftmaxClassifier:
     """The model saved by :func:`save` in a run folder, ready to predict.
 
     A missing, damaged or mismatched file is a ValueError naming it, never a half-loaded model.
+
+    Args:
+        folder: a run folder (or any folder :func:`save` wrote into).
+
+    >>> import tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> load(folder.name)
+    Traceback (most recent call last):
+    ValueError: '...' is not a crossent run: it has no model.json
+    >>> folder.cleanup()
     """
     folder = Path(folder)
     for name in (CARD, WEIGHTS):

@@ -55,7 +55,24 @@ def prediction_batch(
 def predict_batches(
     model: SoftmaxClassifier, batches: Iterable[pa.RecordBatch], layout: Layout, source: str
 ) -> Iterator[pa.RecordBatch]:
-    """Predictions for each batch of rows; a target column, if present, is checked and kept."""
+    """Predictions for each batch of rows; a target column, if present, is checked and kept.
+
+    Args:
+        model: the trained model.
+        batches: record batches holding the model's feature columns.
+        layout: "probs" (p(class | x)) or "log-probs" (natural logs), one column per class.
+        source: what the rows came from, for messages.
+
+    Returns:
+        A lazy iterator of record batches: the label column (if any), then one per class.
+
+    >>> from crossent.classifier import ModelCard, SoftmaxClassifier
+    >>> card = ModelCard(["a", "b"], ["x"], "y", [], [0.0], [1.0])
+    >>> rows = pa.RecordBatch.from_pydict({"x": [0.0, 2.0], "y": ["a", "b"]})
+    >>> [batch] = predict_batches(SoftmaxClassifier(card), [rows], "probs", "'new.csv'")
+    >>> batch.schema.names
+    ['y', 'a', 'b']
+    """
     card = model.card
     first_row = 0
     for batch in batches:
@@ -86,6 +103,27 @@ def score_file(
 
     ``classes`` names the class columns; by default every column but ``target``. Memory is
     some 40 times ``block_bytes``, the size of the blocks read, whatever the size of the file.
+
+    Args:
+        path: a ``.csv`` or ``.parquet`` file of predictions.
+        target: its label column.
+        layout: the class columns hold "probs" or "log-probs" (natural logs).
+        classes: the class columns; None: every column but ``target``.
+        bins: confidence bins of the decomposition and the ECE.
+        on_bytes: ``on_bytes(done, total)`` as the file is read, for a progress bar.
+        block_bytes: bytes read at a time.
+
+    Returns:
+        The :class:`~crossent.classifier.Report`: NLL in bits and nats, and the rest.
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = Path(folder.name) / "p.csv"
+    >>> _ = path.write_text("label,a,b\\na,0.5,0.5\\nb,0.25,0.75\\n")
+    >>> round(score_file(path, "label", "probs").total_nll_bits, 6)   # 1 + log2(4/3) bits
+    1.415037
+    >>> folder.cleanup()
     """
     if layout not in LAYOUTS:
         raise ValueError(f"`--layout` must be one of {LAYOUTS}; got {layout!r}")

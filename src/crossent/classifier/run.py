@@ -39,7 +39,24 @@ FILES = frozenset({saved_model.WEIGHTS, saved_model.CARD, METRICS, PREDICTIONS, 
 
 @dataclass(frozen=True)
 class Run:
-    """What a training run produced."""
+    """What a training run produced: what ``crossent train`` writes into a run folder.
+
+    Attributes:
+        model: the trained :class:`~crossent.classifier.SoftmaxClassifier`.
+        history: the loss per epoch, in bits per example.
+        held_out: the held-out rows.
+        held_out_log_probs: ``(N_held_out, M)`` the model's log-probabilities of them, nats.
+        report: the held-out :class:`~crossent.classifier.Report` (NLL in bits, and more).
+        reference: scikit-learn's LogisticRegression on the same split (``C``, its held-out
+            ``mean_nll_bits`` and ``mean_nll_nats``, and the ``model``), or None.
+        settings: the options of the run, as metrics.json records them.
+        training_rows: how many rows were trained on.
+
+    >>> from crossent.classifier import SGDOptions, bundled
+    >>> run = fit(bundled("iris"), SGDOptions(epochs=3), hidden=[], reference=False)
+    >>> run.training_rows, len(run.held_out.labels), run.held_out_log_probs.shape
+    (112, 38, (38, 3))
+    """
 
     model: SoftmaxClassifier
     history: History
@@ -72,6 +89,28 @@ def fit(
     process is one rank of a process group that already exists (under torchrun), and every
     rank calls ``fit`` alike. ``timeout`` is the seconds a process may go without finishing a
     step before it is named as hung (:func:`~crossent.classifier.parallel.train_data_parallel`).
+
+    Args:
+        data: the labelled table (:func:`~crossent.classifier.bundled`, ``labelled``).
+        options: the :class:`~crossent.classifier.SGDOptions`.
+        hidden: widths of the MLP's hidden layers; ``[]`` for a linear model.
+        test_size: the fraction of rows held out, stratified.
+        bins: confidence bins of the decomposition and the ECE.
+        reference: also fit scikit-learn's LogisticRegression with the same L2 strength.
+        processes: train data-parallel on this many local processes.
+        data_parallel: train as one rank of an existing process group.
+        timeout: seconds without a finished step before a process is named as hung.
+        on_step, on_epoch: as in :func:`~crossent.classifier.train`.
+
+    Returns:
+        The :class:`Run`.
+
+    >>> from crossent.classifier import SGDOptions, bundled
+    >>> run = fit(bundled("wine"), SGDOptions(epochs=20), hidden=[16], reference=True)
+    >>> run.report.mean_nll_bits < run.report.label_entropy_bits  # the features tell a lot
+    True
+    >>> sorted(run.reference)
+    ['C', 'mean_nll_bits', 'mean_nll_nats', 'model']
     """
     train_part, held_out = split(data, test_size, options.seed)
     model = untrained(train_part, hidden, options)
@@ -137,7 +176,23 @@ def write(run: Run, folder: Path, *, replace: bool = False) -> None:
 
     An existing ``folder`` is an error unless ``replace``, and then only a run folder is
     replaced (see :func:`recognise`); the swap leaves the old or the new run at ``folder``
-    whenever the process is killed."""
+    whenever the process is killed.
+
+    Args:
+        run: what :func:`fit` returned.
+        folder: the run folder to write: model.pt, model.json, metrics.json,
+            predictions.csv and three PNG plots.
+        replace: replace an existing run folder (never anything else).
+
+    >>> import tempfile
+    >>> from crossent.classifier import SGDOptions, bundled
+    >>> run = fit(bundled("iris"), SGDOptions(epochs=2), hidden=[], reference=False)
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> write(run, Path(folder.name) / "run")
+    >>> sorted(p.name for p in (Path(folder.name) / "run").iterdir())[:3]
+    ['loss.png', 'metrics.json', 'model.json']
+    >>> folder.cleanup()
+    """
     with claim(folder, replace=replace) as temporary:
         write_into(run, temporary)
 

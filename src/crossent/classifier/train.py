@@ -1,6 +1,6 @@
-"""Minibatch SGD on the negative log-likelihood (SEED.md §2), with three equal objectives.
+"""Minibatch SGD on the negative log-likelihood (docs/theory.md §2), with three equal objectives.
 
-For a one-hot y and predictions ŷ = softmax(z) (SEED.md §4–§5):
+For a one-hot y and predictions ŷ = softmax(z) (docs/theory.md §4–§5):
 
     NLL = −log ŷ_y = H(y, ŷ) = D_KL(y ‖ ŷ) + H(y),   and H(y) = 0,
 
@@ -32,7 +32,27 @@ SCHEDULES: tuple[Schedule, ...] = ("constant", "cosine")
 
 @dataclass(frozen=True)
 class SGDOptions:
-    """Minibatch SGD with momentum; weight decay λ adds (λ/2)‖W‖² on weights, not biases."""
+    """Minibatch SGD with momentum; weight decay λ adds (λ/2)‖W‖² on weights, not biases.
+
+    Checked when made: an out-of-range option is a ValueError naming it.
+
+    Attributes:
+        learning_rate: the step size, > 0 (``crossent train --lr``).
+        momentum: in [0, 1).
+        weight_decay: λ ≥ 0 of the penalty (λ/2)‖W‖².
+        epochs: passes over the training rows, ≥ 1.
+        batch_size: rows per step, ≥ 1.
+        objective: the loss minimised: "nll", "cross-entropy" or "kl" (equal for one-hot
+            labels, so they take the same steps: docs/theory.md §5).
+        schedule: the learning rate over all steps: "cosine" (to 0) or "constant".
+        seed: the seed of the batch order.
+
+    >>> SGDOptions(epochs=20, objective="kl").learning_rate
+    0.1
+    >>> SGDOptions(momentum=1.5)
+    Traceback (most recent call last):
+    ValueError: `momentum` must be in [0, 1); got 1.5
+    """
 
     learning_rate: float = 0.1
     momentum: float = 0.9
@@ -57,7 +77,16 @@ class SGDOptions:
 
 @dataclass
 class History:
-    """Per epoch: the running mean training loss and the held-out loss, bits per example."""
+    """Per epoch: the running mean training loss and the held-out loss, bits per example.
+
+    Attributes:
+        train_bits: per epoch, the mean training loss over its steps, in bits per example.
+        held_out_bits: per epoch, the mean NLL of the held-out rows in bits per example
+            (empty when none were given).
+
+    >>> History([1.2, 0.7], [1.3, 0.9]).held_out_bits[-1]
+    0.9
+    """
 
     train_bits: list[float] = field(default_factory=list)
     held_out_bits: list[float] = field(default_factory=list)
@@ -109,11 +138,33 @@ def train(
     With ``data_parallel`` (in a torch.distributed process group, see
     :mod:`crossent.classifier.parallel`) every rank takes its own part of each minibatch,
     through ``DistributedDataParallel``. The minibatch's NLL is then the sum of the parts'
-    sums (SEED.md §6), so every rank minimises Σ_parts / B, and the steps, the losses reported
-    and the trained weights are the single process's up to float rounding.
+    sums (docs/theory.md §6), so every rank minimises Σ_parts / B, and the steps, the losses
+    reported and the trained weights are the single process's up to float rounding.
 
     A minibatch loss of inf or NaN (SGD diverged: the learning rate is too high) stops the
     training with a ValueError that names the epoch and the step, on every rank alike.
+
+    Args:
+        model: the :class:`SoftmaxClassifier` to train, in place.
+        features: ``(N, D)`` raw features (the model standardises them).
+        labels: ``(N,)`` class indices.
+        options: the :class:`SGDOptions`.
+        held_out: ``(features, labels)`` scored after every epoch, or None.
+        on_step: ``on_step(epoch, step, steps_per_epoch, loss_bits)`` after every step, with
+            the minibatch's mean loss in bits per example.
+        on_epoch: ``on_epoch(epoch, history)`` after every epoch.
+        data_parallel: train as one rank of the current process group.
+
+    Returns:
+        The :class:`History`: the loss per epoch in bits per example.
+
+    >>> from crossent.classifier import ModelCard, SoftmaxClassifier, bundled
+    >>> iris = bundled("iris")
+    >>> mean, scale = iris.features.mean(0).tolist(), iris.features.std(0).tolist()
+    >>> card = ModelCard(iris.classes, iris.feature_names, iris.target, [], mean, scale)
+    >>> history = train(SoftmaxClassifier(card), iris.features, iris.labels, SGDOptions(epochs=5))
+    >>> len(history.train_bits), history.train_bits[-1] < history.train_bits[0]  # bits fall
+    (5, True)
     """
     torch.manual_seed(options.seed)
     x = torch.from_numpy(np.asarray(features, dtype=np.float32))

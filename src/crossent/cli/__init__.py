@@ -6,6 +6,11 @@ full disk, a worker killed, an internal error), 130 on Ctrl-C and 128 + N when s
 signal N (SIGTERM, SIGHUP). Never a traceback: set CROSSENT_TRACEBACK=1 to see one anyway.
 A command whose extra is not installed (``pip install 'crossent[classifier]'``, ...) is still
 listed, and running it says which extra to install, with exit status 2.
+
+Every command takes ``-q/--quiet`` (no progress, no report: only errors). ``-`` as a path is
+standard input or output where a stream makes sense (:mod:`crossent.cli._stdio`); a command
+whose data goes to standard output prints what it says to a person on standard error.
+``crossent --print-completion bash`` prints a completion script (:mod:`crossent.cli._completion`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from rich.console import Console
 import crossent
 from crossent._extras import EXTRAS, optional_module
 from crossent._files import OutputError
+from crossent.cli import _completion, _stdio
 
 _COMMANDS = ("explain", "train", "predict", "score", "compress", "decompress")
 _EXTRA = {
@@ -58,10 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Cross entropy and log-likelihood, in bits: measures, explanations, models.",
     )
     parser.add_argument("--version", action="version", version=f"crossent {crossent.__version__}")
+    _completion.add_to(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMANDS:
         _add_command(commands, name)
+        _add_quiet(commands.choices[name])
     return parser
+
+
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    """``-q/--quiet``, the same in every command (not in one whose extra is missing)."""
+    if parser.prefix_chars == "-":
+        parser.add_argument(
+            "-q",
+            "--quiet",
+            action="store_true",
+            help="print nothing but errors: no progress, no report",
+        )
 
 
 def _add_command(commands: Any, name: str) -> None:
@@ -107,10 +126,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``crossent``; a failure ends with a one-line error on stderr and its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # data on standard output: what the command says to a person goes to standard error
+    console = Console(
+        highlight=False,
+        quiet=getattr(args, "quiet", False),
+        stderr=_stdio.takes_stdout(args),
+    )
     try:
+        _stdio.check_one_stdout(args)
         with _stop_on_signals():
-            args.run(args, Console(highlight=False))
+            args.run(args, console)
     except (Exception, KeyboardInterrupt, Stopped) as error:
+        if isinstance(error, BrokenPipeError):
+            _silence_stdout()
         missing = (
             _missing_extra(args.command, error) if isinstance(error, ModuleNotFoundError) else None
         )
@@ -138,6 +166,8 @@ def explain_failure(error: BaseException) -> tuple[str, int]:
         return f"stopped by {error}", 128 + error.number
     if isinstance(error, MemoryError):
         return "out of memory", 1
+    if isinstance(error, BrokenPipeError):
+        return "standard output was closed before all of the output was written", 1
     if isinstance(error, OSError):
         return _os_error(error)
     return f"internal error, please report it: {type(error).__name__}: {_one_line(error)}", 1
@@ -152,6 +182,13 @@ def _os_error(error: OSError) -> tuple[str, int]:
 def _one_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return " ".join(line.strip() for line in lines) if lines else type(error).__name__
+
+
+def _silence_stdout() -> None:
+    """Point standard output at the null device: its reader is gone, and Python's flush of it
+    at exit would otherwise print a second error."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @contextlib.contextmanager

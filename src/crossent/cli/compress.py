@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ from rich.table import Table
 
 from crossent.classifier.data import check_columns, encode_labels
 from crossent.cli import _labels
-from crossent.cli._output import add_force, claimed_file
+from crossent.cli._output import add_force, add_json, claimed_file, claimed_json, write_json
+from crossent.cli._stdio import is_stdio
 from crossent.coding.labels import Summary, compress, recognise
 
 
@@ -28,14 +30,27 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("run_folder", metavar="RUN", type=Path, help="run folder of a training")
     parser.add_argument("data", metavar="DATA", type=Path, help="CSV or Parquet with labels")
     parser.add_argument("--target", required=True, help="the label column of DATA")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="file to write")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="file to write; - writes it to standard output",
+    )
+    add_json(parser)
     add_force(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, console: Console) -> None:
-    output = claimed_file(args.output, force=args.force, option="-o/--output", recognise=recognise)
-    with output as temporary:
+    output = claimed_file(
+        args.output,
+        force=args.force,
+        option="-o/--output",
+        recognise=recognise,
+        stdout_suffix=".xent",
+    )
+    with claimed_json(args.json, force=args.force) as json_file, output as temporary:
         model, table, features = _labels.inputs(args.run_folder, args.data, args.target)
         check_columns(table.column_names, [args.target], "target column", repr(str(args.data)))
         labels = encode_labels(
@@ -50,10 +65,22 @@ def run(args: argparse.Namespace, console: Console) -> None:
             identity=_labels.identity(args.run_folder, features),
             chunk_rows=_labels.chunk_rows(model),
         )
-    console.print(report(summary, args.output))
+        write_json(json_file, numbers(summary))
+    where = "standard output" if is_stdio(args.output) else str(args.output)
+    console.print(report(summary, where))
 
 
-def report(summary: Summary, path: Path) -> Table:
+def numbers(summary: Summary) -> dict[str, Any]:
+    """The report's numbers for ``--json``: every size in bits, as the table shows them."""
+    return {
+        **dataclasses.asdict(summary),
+        "overhead_bits": summary.overhead_bits,
+        "saved_bits": summary.label_entropy_bits - summary.compressed_bits,
+        "file_bits": 8 * summary.file_bytes,
+    }
+
+
+def report(summary: Summary, path: str) -> Table:
     """The sizes side by side: what the model says the labels cost, what they did cost."""
     n = summary.labels
     table = Table(

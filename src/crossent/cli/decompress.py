@@ -13,6 +13,7 @@ from rich.console import Console
 from crossent.classifier.data import file_kind, recognise_table, write_table
 from crossent.cli import _labels
 from crossent.cli._output import add_force, claimed_file
+from crossent.cli._stdio import is_stdio
 from crossent.coding.labels import decompress
 
 
@@ -30,14 +31,19 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("data", metavar="DATA", type=Path, help="CSV or Parquet of features")
     parser.add_argument("compressed", metavar="FILE", type=Path, help="the compressed labels")
     parser.add_argument(
-        "-o", "--output", type=Path, required=True, help="labels to write, .csv or .parquet"
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="labels to write, .csv or .parquet; - writes CSV to standard output",
     )
     add_force(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, console: Console) -> None:
-    file_kind(args.output)
+    if not is_stdio(args.output):
+        file_kind(args.output)
     output = claimed_file(
         args.output, force=args.force, option="-o/--output", recognise=recognise_table
     )
@@ -51,4 +57,5 @@ def run(args: argparse.Namespace, console: Console) -> None:
         )
         names = np.asarray(model.card.classes)[labels]
         write_table(temporary, pa.table({model.card.target: pa.array(names)}))
-    console.print(f"decoded {len(labels):,} labels into {args.output}")
+    where = "standard output" if is_stdio(args.output) else args.output
+    console.print(f"decoded {len(labels):,} labels into {where}")

@@ -1,4 +1,4 @@
-"""``crossent explain``: the article's argument (SEED.md §3–§6), step by step, on real numbers.
+"""``crossent explain``: the article's argument (docs/theory.md §3–§6), step by step, on numbers.
 
 Every number printed is computed by the library's public functions, and every identity shown
 (NLL = cross entropy, D = H(p, q) − H(p), batch NLL = sum of per-example cross entropies) is
@@ -20,6 +20,7 @@ from rich.table import Table
 
 from crossent import cross_entropy, entropy, kl_divergence, nll
 from crossent._checks import check_probs
+from crossent.cli._output import add_force, add_json, claimed_json, write_json
 from crossent.coding import canonical_code, expected_length, shannon_lengths
 from crossent.coding.huffman import code_cost, huffman_code, questions
 
@@ -60,6 +61,8 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--games", type=int, default=10_000, help="outcomes drawn from p in the --code game"
     )
+    add_json(parser)
+    add_force(parser)
     parser.set_defaults(run=run)
 
 
@@ -87,18 +90,28 @@ def run(args: argparse.Namespace, console: Console) -> None:
         raise ValueError(f"`--batch` must be at least 1; got {args.batch}")
     if args.seed < 0:
         raise ValueError(f"`--seed` must be a non-negative integer; got {args.seed}")
+    if args.code and args.games < 1:
+        raise ValueError(f"`--games` must be at least 1; got {args.games}")
     p, q = _checked("--p", p), _checked("--q", q)
+    with claimed_json(args.json, force=args.force) as json_file:
+        write_json(json_file, _walk_through(console, args, p, q))
+
+
+def _walk_through(
+    console: Console, args: argparse.Namespace, p: list[float], q: list[float]
+) -> dict[str, Any]:
+    """Print the steps; return their numbers, in bits, for ``--json``."""
     outcomes = _outcome_names(len(p))
     console.rule("[bold]Cross entropy and log-likelihood, in bits")
-    _entropy_step(console, outcomes, q)
-    _cross_entropy_step(console, outcomes, p, q)
-    _kl_step(console, p, q)
-    _observation_step(console, outcomes, p, q, args.seed)
-    _batch_step(console, outcomes, p, q, args.batch, args.seed)
+    numbers: dict[str, Any] = {"outcomes": outcomes, "p": p, "q": q, "unit": "bits"}
+    numbers["entropy"] = _entropy_step(console, outcomes, q)
+    numbers["cross_entropy"] = _cross_entropy_step(console, outcomes, p, q)
+    numbers["kl_divergence"] = _kl_step(console, p, q)
+    numbers["observation"] = _observation_step(console, outcomes, p, q, args.seed)
+    numbers["batch"] = _batch_step(console, outcomes, p, q, args.batch, args.seed)
     if args.code:
-        if args.games < 1:
-            raise ValueError(f"`--games` must be at least 1; got {args.games}")
-        _questions_step(console, outcomes, p, q, args.games, args.seed)
+        numbers["questions"] = _questions_step(console, outcomes, p, q, args.games, args.seed)
+    return numbers
 
 
 def _checked(option: str, dist: list[float]) -> list[float]:
@@ -123,10 +136,10 @@ def _surprise(probability: float) -> float:
     return math.log2(1 / probability) if probability > 0 else math.inf
 
 
-def _entropy_step(console: Console, outcomes: list[str], q: list[float]) -> None:
+def _entropy_step(console: Console, outcomes: list[str], q: list[float]) -> dict[str, Any]:
     lengths = shannon_lengths(q)
     words = canonical_code(lengths)
-    table = Table(title="1. Entropy: the best yes/no questions for q (SEED.md §3)")
+    table = Table(title="1. Entropy: the best yes/no questions for q (docs/theory.md §3)")
     for column in ("outcome x", "q(x)", "code word", "questions l(x)", "log2 1/q(x)"):
         table.add_column(column, justify="right")
     for x, qx, word, length in zip(outcomes, q, words, lengths, strict=True):
@@ -148,11 +161,12 @@ def _entropy_step(console: Console, outcomes: list[str], q: list[float]) -> None
         f"{why}."
     )
     console.print()
+    return {"H(q)": h_q, "code_words": words, "code_lengths": lengths, "mean_length": mean_length}
 
 
 def _cross_entropy_step(
     console: Console, outcomes: list[str], p: list[float], q: list[float]
-) -> None:
+) -> dict[str, Any]:
     table = Table(title="2. Cross entropy: outcomes follow p, questions were made for q (§4)")
     for column in ("outcome x", "p(x) truth", "q(x) model", "log2 1/q(x)", "p(x)·log2 1/q(x)"):
         table.add_column(column, justify="right")
@@ -179,9 +193,10 @@ def _cross_entropy_step(
         "(H(p, q) ≤ L < H(p, q) + 1 for this code)."
     )
     console.print()
+    return {"H(p, q)": h_pq, "H(q, p)": h_qp, "H(p)": h_p, "mean_length_on_p": code_length}
 
 
-def _kl_step(console: Console, p: list[float], q: list[float]) -> None:
+def _kl_step(console: Console, p: list[float], q: list[float]) -> dict[str, Any]:
     d = float(kl_divergence(target_probs=p, pred_probs=q))
     difference = float(cross_entropy(target_probs=p, pred_probs=q)) - float(entropy(p))
     _require(math.isclose(d, difference, rel_tol=1e-9, abs_tol=1e-12), "D = H(p,q) − H(p)")
@@ -192,11 +207,12 @@ def _kl_step(console: Console, p: list[float], q: list[float]) -> None:
         "H(p) depends on the data only, so minimising D, H(p, q) or the NLL picks the same model."
     )
     console.print()
+    return {"D(p || q)": d, "H(p, q) - H(p)": difference}
 
 
 def _observation_step(
     console: Console, outcomes: list[str], p: list[float], q: list[float], seed: int
-) -> None:
+) -> dict[str, Any]:
     j = int(np.random.default_rng(seed).choice(len(p), p=np.asarray(p) / sum(p)))
     one_hot = [1.0 if i == j else 0.0 for i in range(len(p))]
     as_nll = float(nll(target_index=j, pred_probs=q))
@@ -209,11 +225,12 @@ def _observation_step(
         f"bits[/] = H(y, q) = −Σ y log2 q = {_bits(as_ce)}."
     )
     console.print()
+    return {"observed": outcomes[j], "nll": as_nll, "H(y, q)": as_ce}
 
 
 def _batch_step(
     console: Console, outcomes: list[str], p: list[float], q: list[float], size: int, seed: int
-) -> None:
+) -> dict[str, Any]:
     rng = np.random.default_rng(seed + 1)
     observed = rng.choice(len(p), size=size, p=np.asarray(p) / sum(p))
     # Each example gets its own prediction, as a classifier's depends on that example's x.
@@ -237,11 +254,18 @@ def _batch_step(
         f"(total, reduction='sum') = the sum of the per-example cross entropies; "
         f"per example (reduction='mean'): {_bits(total / size)} bits."
     )
+    return {
+        "observed": [outcomes[int(y)] for y in observed],
+        "predictions": preds.tolist(),
+        "nll_per_example": [float(v) for v in per_example],
+        "nll_sum": total,
+        "nll_mean": total / size,
+    }
 
 
 def _questions_step(
     console: Console, outcomes: list[str], p: list[float], q: list[float], games: int, seed: int
-) -> None:
+) -> dict[str, Any]:
     """Twenty questions with the best questions for q, then for p, on outcomes drawn from p."""
     for_q, for_p = huffman_code(q), huffman_code(p)
     console.print()
@@ -281,6 +305,17 @@ def _questions_step(
         f"each (exactly {_bits(best.expected)}; H(p) = {_bits(best.entropy)}): the difference "
         "is the price of questions made for the wrong distribution."
     )
+    return {
+        "code_words_of_q": for_q,
+        "code_words_of_p": for_p,
+        "games": games,
+        "mean_length_on_q": own.expected,
+        "measured_on_p": played.measured,
+        "expected_on_p": played.expected,
+        "divergence_to_code": played.divergence_to_code,
+        "measured_with_own_code": best.measured,
+        "expected_with_own_code": best.expected,
+    }
 
 
 def _require(holds: bool, identity: str) -> None:

@@ -15,6 +15,7 @@ from crossent.classifier.data import file_kind, recognise_table, stream, write_b
 from crossent.classifier.predictions import LAYOUTS, predict_batches
 from crossent.cli._output import add_force, claimed_file
 from crossent.cli._progress import file_progress
+from crossent.cli._stdio import STDIN_NAME, is_stdio, readable
 
 
 def add_parser(commands: Any) -> None:
@@ -28,13 +29,18 @@ def add_parser(commands: Any) -> None:
         ),
     )
     parser.add_argument("run_folder", metavar="RUN", type=Path, help="run folder of a training")
-    parser.add_argument("data", metavar="DATA", type=Path, help="CSV or Parquet file of features")
+    parser.add_argument(
+        "data",
+        metavar="DATA",
+        type=Path,
+        help="CSV or Parquet file of features; - reads CSV from standard input",
+    )
     parser.add_argument(
         "-o",
         "--output",
         type=Path,
         required=True,
-        help="predictions file to write, .csv or .parquet",
+        help="predictions file to write, .csv or .parquet; - writes CSV to standard output",
     )
     parser.add_argument(
         "--layout",
@@ -50,15 +56,20 @@ def run(args: argparse.Namespace, console: Console) -> None:
     model = saved_model.load(args.run_folder)
     card = model.card
     types = {**dict.fromkeys(card.feature_names, pa.float64()), card.target: pa.string()}
-    file_kind(args.output)
+    if not is_stdio(args.output):
+        file_kind(args.output)
     output = claimed_file(
         args.output, force=args.force, option="-o/--output", recognise=recognise_table
     )
-    with output as temporary, file_progress(console, f"predicting {args.data}") as on_bytes:
-        batches = stream(args.data, types, on_bytes=on_bytes)
+    name = STDIN_NAME if is_stdio(args.data) else str(args.data)
+    with (
+        output as temporary,
+        readable(args.data) as data,
+        file_progress(console, f"predicting {name}") as on_bytes,
+    ):
+        batches = stream(data, types, on_bytes=on_bytes)
         with contextlib.closing(batches):  # the file is closed now, not whenever, on errors too
-            predictions = predict_batches(model, batches, args.layout, repr(str(args.data)))
+            predictions = predict_batches(model, batches, args.layout, repr(str(data)))
             rows = write_batches(temporary, predictions)
-    console.print(
-        f"wrote {rows:,} rows × {len(card.classes)} classes ({args.layout}) to {args.output}"
-    )
+    where = "standard output" if is_stdio(args.output) else args.output
+    console.print(f"wrote {rows:,} rows × {len(card.classes)} classes ({args.layout}) to {where}")

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from crossent.classifier.predictions import LAYOUTS, score_file
-from crossent.cli._output import add_force, claimed_file
+from crossent.cli._output import add_force, add_json, claimed_json, write_json
 from crossent.cli._progress import file_progress
 from crossent.cli._report import print_report
+from crossent.cli._stdio import STDIN_NAME, is_stdio, readable
 
 
 def add_parser(commands: Any) -> None:
@@ -29,7 +28,10 @@ def add_parser(commands: Any) -> None:
         ),
     )
     parser.add_argument(
-        "predictions", metavar="PREDICTIONS", type=Path, help="CSV or Parquet predictions file"
+        "predictions",
+        metavar="PREDICTIONS",
+        type=Path,
+        help="CSV or Parquet predictions file; - reads CSV from standard input",
     )
     parser.add_argument("--target", required=True, help="the label column")
     parser.add_argument(
@@ -50,33 +52,27 @@ def add_parser(commands: Any) -> None:
         default=10,
         help="confidence bins of the decomposition and ECE (default 10)",
     )
-    parser.add_argument("--json", type=Path, help="also write the report to this JSON file")
+    add_json(parser)
     add_force(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, console: Console) -> None:
-    output: contextlib.AbstractContextManager[Path | None] = contextlib.nullcontext()
-    if args.json is not None:
-        output = claimed_file(args.json, force=args.force, option="--json", recognise=_recognise)
-    with output as temporary, file_progress(console, f"scoring {args.predictions}") as on_bytes:
+    name = STDIN_NAME if is_stdio(args.predictions) else str(args.predictions)
+    with (
+        claimed_json(args.json, force=args.force) as temporary,
+        readable(args.predictions) as predictions,
+        file_progress(console, f"scoring {name}") as on_bytes,
+    ):
         report = score_file(
-            args.predictions,
+            predictions,
             args.target,
             args.layout,
             classes=args.classes,
             bins=args.bins,
             on_bytes=on_bytes,
         )
-        if temporary is not None:
-            temporary.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    print_report(console, report, f"{args.predictions} ({report.examples:,} rows)")
-    if args.json is not None:
+        write_json(temporary, report.to_dict())
+    print_report(console, report, f"{name} ({report.examples:,} rows)")
+    if args.json is not None and not is_stdio(args.json):
         console.print(f"report written to {args.json}")
-
-
-def _recognise(path: Path) -> str | None:
-    """None if ``path`` holds a JSON object, as the reports this command writes do."""
-    with path.open("rb") as file:
-        start = file.read(4096).lstrip()
-    return None if start.startswith(b"{") else "is not a JSON report"

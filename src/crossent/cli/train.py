@@ -18,7 +18,7 @@ from crossent.classifier import run as runs
 from crossent.classifier.data import BUNDLED, LabelledData, bundled, labelled, read_table
 from crossent.classifier.parallel import STALL_TIMEOUT, torchrun_rank
 from crossent.classifier.train import OBJECTIVES, SCHEDULES, History, SGDOptions
-from crossent.cli._output import FORCE_HELP
+from crossent.cli._output import FORCE_HELP, add_json, claimed_json, write_json
 from crossent.cli._report import print_report
 
 _DEFAULTS = SGDOptions()
@@ -120,6 +120,7 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--out", type=Path, help="run folder to write (default runs/NAME-TIMESTAMP)"
     )
+    add_json(parser)
     parser.add_argument("--force", action="store_true", help=FORCE_HELP)
     parser.set_defaults(run=run)
 
@@ -159,30 +160,14 @@ def _train(args: argparse.Namespace, console: Console, rank: int | None) -> None
         schedule=args.schedule,
         seed=args.seed,
     )
-    # claimed before training: a taken or unwritable --out is refused at once, not at the end
-    with _run_folder(args) if lead else contextlib.nullcontext((None, None)) as (folder, temp):
-        console.print(
-            f"training on {data.source}: {len(data.labels):,} rows, "
-            f"{len(data.feature_names)} features, {len(data.classes)} classes"
-            + (f", {args.nproc} processes" if args.nproc > 1 else "")
-            + (f", rank 0 of {os.environ['WORLD_SIZE']} (torchrun)" if rank is not None else "")
-        )
-        with _EpochBars(console, options.epochs) as bars:
-            result = runs.fit(
-                data,
-                options,
-                hidden=args.hidden,
-                test_size=args.test_size,
-                bins=args.bins,
-                reference=not args.no_reference and lead,
-                processes=args.nproc,
-                data_parallel=rank is not None,
-                timeout=args.timeout,
-                on_step=bars.step,
-                on_epoch=bars.epoch_done,
-            )
-        if temp is not None:
-            runs.write_into(result, temp)
+    # claimed before training: a taken or unwritable --out is refused at once, not at the end;
+    # the JSON is written once the run folder it names is in place
+    with claimed_json(args.json if lead else None, force=args.force) as json_file:
+        with _run_folder(args) if lead else contextlib.nullcontext((None, None)) as (folder, temp):
+            result = _fit(args, console, rank, data, options)
+            if temp is not None:
+                runs.write_into(result, temp)
+        write_json(json_file, {**runs.metrics(result), "run_folder": str(folder)})
     if not lead:
         return
     print_report(console, result.report, f"held-out split ({len(result.held_out.labels):,} rows)")
@@ -192,6 +177,36 @@ def _train(args: argparse.Namespace, console: Console, rank: int | None) -> None
             f"the same split: mean NLL {result.reference['mean_nll_bits']:.4f} bits"
         )
     console.print(f"run folder: {folder}")
+
+
+def _fit(
+    args: argparse.Namespace,
+    console: Console,
+    rank: int | None,
+    data: LabelledData,
+    options: SGDOptions,
+) -> runs.Run:
+    """The training itself, with a progress bar per epoch."""
+    console.print(
+        f"training on {data.source}: {len(data.labels):,} rows, "
+        f"{len(data.feature_names)} features, {len(data.classes)} classes"
+        + (f", {args.nproc} processes" if args.nproc > 1 else "")
+        + (f", rank 0 of {os.environ['WORLD_SIZE']} (torchrun)" if rank is not None else "")
+    )
+    with _EpochBars(console, options.epochs) as bars:
+        return runs.fit(
+            data,
+            options,
+            hidden=args.hidden,
+            test_size=args.test_size,
+            bins=args.bins,
+            reference=not args.no_reference and rank in (None, 0),
+            processes=args.nproc,
+            data_parallel=rank is not None,
+            timeout=args.timeout,
+            on_step=bars.step,
+            on_epoch=bars.epoch_done,
+        )
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""The coding view of entropy (SEED.md §3–§4): real codes whose lengths are the measures.
+"""The coding view of entropy (docs/theory.md §3–§4): real codes whose lengths are the measures.
 
 - :mod:`~crossent.coding.codes`: prefix codes from code lengths (Shannon lengths, canonical
   code words, expected lengths);

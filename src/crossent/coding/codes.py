@@ -1,4 +1,4 @@
-"""Prefix codes from code lengths: the yes/no questions of SEED.md §3 as real code words.
+"""Prefix codes from code lengths: the yes/no questions of docs/theory.md §3 as real code words.
 
 A code word of length l is l yes/no answers. The Shannon code for a distribution q gives the
 outcome x the length l(x) = ⌈log2 1/q(x)⌉; then Σ 2^−l(x) ≤ 1 (Kraft), so a prefix code with
@@ -17,6 +17,9 @@ from fractions import Fraction
 
 def shannon_lengths(probs: Sequence[float]) -> list[int | None]:
     """Code lengths ⌈log2 1/q(x)⌉ in bits; ``None`` for outcomes of probability 0 (no code word).
+
+    Args:
+        probs: q, one probability per outcome.
 
     q is ``probs`` divided by its sum, in exact rational arithmetic: floats that sum to
     1 + 1e-20 would otherwise get lengths that break Kraft's inequality (no prefix code has
@@ -51,6 +54,10 @@ def canonical_code(lengths: Sequence[int | None]) -> list[str | None]:
 
     Code words are bit strings; an outcome with length ``None`` gets none.
 
+    Args:
+        lengths: one length in bits per outcome (or None), satisfying Kraft's inequality
+            Σ 2^−l ≤ 1, as every prefix code's lengths do.
+
     >>> canonical_code([1, 2, 2])
     ['0', '10', '11']
     """
@@ -74,6 +81,10 @@ def expected_length(lengths: Sequence[int | None], probs: Sequence[float]) -> fl
     """Expected code length Σ p(x) l(x) in bits under the distribution ``probs`` (p).
 
     +inf when p gives positive probability to an outcome without a code word.
+
+    Args:
+        lengths: one code length in bits per outcome, or None for no code word.
+        probs: p, one probability per outcome.
 
     >>> expected_length([1, 2, 2], [1 / 8, 1 / 8, 3 / 4])
     1.875

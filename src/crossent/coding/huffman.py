@@ -1,4 +1,4 @@
-"""Codes of a distribution, their lengths, and the twenty-questions game (SEED.md §3–§4).
+"""Codes of a distribution, their lengths, and the twenty-questions game (docs/theory.md §3–§4).
 
 A code word of length l(x) is l(x) yes/no answers. For a code used on outcomes that follow g,
 with r(x) = 2^−l(x), the expected length is exactly
@@ -34,7 +34,11 @@ Words = list[str | None]
 def huffman_code(probs: Sequence[float]) -> Words:
     """An optimal prefix code for ``probs``: one bit string per outcome, ``None`` if q(x) = 0.
 
-    A certain outcome needs no question: its code word is empty.
+    A certain outcome needs no question: its code word is empty. Its expected length L
+    (bits per outcome) is H(q) ≤ L < H(q) + 1.
+
+    Args:
+        probs: q, one probability per outcome (normalised if it does not sum to 1).
 
     >>> huffman_code([1 / 2, 1 / 4, 1 / 4])
     ['0', '10', '11']
@@ -48,7 +52,12 @@ def huffman_code(probs: Sequence[float]) -> Words:
 
 
 def shannon_code(probs: Sequence[float]) -> Words:
-    """The canonical prefix code with lengths ⌈log2 1/f(x)⌉.
+    """The canonical prefix code with lengths ⌈log2 1/f(x)⌉ bits (Shannon's code).
+
+    Used on outcomes of g its expected length L is H(g, f) ≤ L < H(g, f) + 1.
+
+    Args:
+        probs: f, one probability per outcome; ``None`` for an outcome with f(x) = 0.
 
     >>> shannon_code([0.4, 0.4, 0.2])
     ['00', '01', '100']
@@ -62,7 +71,24 @@ def lengths_of(words: Words) -> list[int | None]:
 
 @dataclass(frozen=True)
 class CodeCost:
-    """The cost of a code in bits per outcome, with outcomes following g."""
+    """The cost of a code in bits per outcome, with outcomes following g.
+
+    Exactly, L_g = H(g) + D(g ‖ r) with r(x) = 2^−l(x), the distribution the code's lengths
+    imply; for a code built for f this is at least H(g, f) − 1 (Shannon code) and need not be
+    within one bit of it (Huffman code).
+
+    Attributes:
+        expected: L_g = Σ g(x) l(x), the expected code length, bits per outcome.
+        entropy: H(g), the length of g's own ideal code.
+        divergence_to_code: D(g ‖ r), r = 2^−l: the extra bits over H(g).
+        cross_entropy_to_model: H(g, f), f the distribution the code was built for.
+        measured: the mean length of sampled outcomes of g really encoded, or None.
+        samples: how many outcomes were sampled (0: none).
+
+    >>> cost = code_cost(["0", "10", "11"], [1 / 2, 1 / 4, 1 / 4], [1 / 8, 1 / 8, 3 / 4])
+    >>> cost.expected, cost.cross_entropy_to_model      # a dyadic f: L = H(g, f)
+    (1.875, 1.875)
+    """
 
     expected: float  # L_g = Σ g(x) l(x)
     entropy: float  # H(g)
@@ -84,6 +110,24 @@ def code_cost(
 
     With ``samples`` > 0, that many outcomes are drawn from g, encoded into one bit string,
     decoded back (checked), and the bits counted.
+
+    Args:
+        words: one code word (a string of '0' and '1') per outcome, or None for an outcome
+            without one; e.g. :func:`huffman_code` of f.
+        built_for: f, the distribution the code was built for (the model).
+        used_on: g, the distribution outcomes really follow (the truth).
+        samples: outcomes to draw from g and really encode; 0 for the exact figures only.
+        seed: the seed of the draw.
+
+    Returns:
+        A :class:`CodeCost`, in bits per outcome.
+
+    >>> f, g = [1 / 2, 1 / 4, 1 / 4], [1 / 8, 1 / 8, 3 / 4]
+    >>> cost = code_cost(huffman_code(f), f, g, samples=10_000)
+    >>> round(cost.entropy, 4), round(cost.divergence_to_code, 4), cost.expected
+    (1.0613, 0.8137, 1.875)
+    >>> abs(cost.measured - cost.expected) < 0.05        # 10,000 outcomes really encoded
+    True
     """
     lengths = lengths_of(words)
     if len(words) != len(used_on) or len(words) != len(built_for):
@@ -134,6 +178,13 @@ def questions(words: Words, names: Sequence[str]) -> list[list[tuple[str, bool]]
     After the answers s so far, the question is "is it one of the outcomes whose code word
     starts with s + '1'?": bit 1 is yes, bit 0 is no. An outcome without a code word (q = 0)
     is never asked about and gets no questions.
+
+    Args:
+        words: one code word per outcome (None for none), e.g. :func:`huffman_code`'s.
+        names: one name per outcome, used in the questions.
+
+    Returns:
+        Per outcome, its questions in order, each with the answer (True: yes, bit 1).
 
     >>> [[f"{q} {'yes' if a else 'no'}" for q, a in asked]
     ...  for asked in questions(['0', '10', '11'], ['a', 'b', 'c'])][2]

@@ -1,4 +1,4 @@
-"""Labels compressed with a model's predictions: the NLL in bits made real (SEED.md §4).
+"""Labels compressed with a model's predictions: the NLL in bits made real (docs/theory.md §4).
 
 Label y_i is coded with the model's distribution for its own x_i by constriction's range coder,
 so the compressed size is Σ_i −log2 q_i(y_i), the batch NLL in bits, plus a small overhead.
@@ -67,7 +67,14 @@ def _pool() -> concurrent.futures.ThreadPoolExecutor:
 def quantise(weights: np.ndarray) -> np.ndarray:
     """Integer frequencies ``(n, M)``, each ≥ 1, each row summing to 2^24, from weights u ≥ 0.
 
-    >>> quantise(np.array([[2.0, 1.0, 1.0]])).tolist()  # (1/2, 1/4, 1/4) is exact
+    The quantised model q̂(y) = w_y / 2^24 is the one the coder uses: a label costs
+    −log2 q̂(y) bits, at most 24.
+
+    Args:
+        weights: ``(n, M)`` non-negative weights u per row, of any scale (probabilities, or
+            exp(z − max z) of logits z).
+
+    >>> quantise(np.array([[2.0, 1.0, 1.0]])).tolist()  # (1/2, 1/4, 1/4) within a unit in 2^24
     [[8388607, 4194304, 4194305]]
     """
     free, _ = _free_frequencies(np.asarray(weights, dtype=np.float64))
@@ -158,7 +165,21 @@ def _quantised_in_numpy(
 
 @dataclass(frozen=True)
 class Summary:
-    """Sizes in bits of N coded labels: the model's NLL, the coder's output, the baseline."""
+    """Sizes in bits of N coded labels: the model's NLL, the coder's output, the baseline.
+
+    Attributes:
+        labels: N, the labels coded.
+        classes: M, the classes of the model.
+        nll_bits: Σ −log2 q(y) of the float model: the ideal code length, in bits.
+        quantised_nll_bits: Σ −log2 q̂(y) of the quantised model the coder used, in bits.
+        compressed_bits: the coder's payload, in bits (whole 32-bit words).
+        file_bytes: the whole file: header, payload and checksum, in bytes.
+        label_entropy_bits: N · H(Y), in bits: a code for the labels that ignores the features.
+
+    >>> summary = Summary(100, 3, 52.1, 52.3, 64, 400, 158.5)
+    >>> round(summary.overhead_bits, 1)     # payload − quantised NLL: the coder's own cost
+    11.7
+    """
 
     labels: int
     classes: int
@@ -184,10 +205,33 @@ def compress(
 ) -> Summary:
     """Code ``labels`` (N,) under the rows of ``weights(start, stop)`` into a file at ``path``.
 
-    Rows are requested ``chunk_rows`` at a time, in order; about 2^20 / M rows keep a chunk
-    in cache.
-    ``identity`` (e.g. hashes of the model and of the features) is stored in the header and
-    must match at :func:`decompress`.
+    Label y_i is coded with the distribution of row i, so the payload is about the batch NLL
+    Σ_i −log2 q_i(y_i) in bits (docs/theory.md §6). Needs ``pip install 'crossent[compress]'``.
+
+    Args:
+        path: the file to write (through a temporary beside it, put in place when complete).
+        labels: ``(N,)`` class indices in [0, M).
+        weights: ``weights(start, stop)`` gives rows ``start:stop`` of the model's predictions,
+            ``(stop − start, M)`` non-negative weights of any scale; it must give the same
+            numbers, bit for bit, at :func:`decompress`.
+        identity: strings stored in the header (e.g. hashes of the model and of the features)
+            that must match at :func:`decompress`.
+        chunk_rows: rows requested at a time, in order; about 2^20 / M keep a chunk in cache.
+
+    Returns:
+        A :class:`Summary`: the NLL in bits, the payload's and the file's size, N·H(Y).
+
+    >>> import tempfile
+    >>> probs = np.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.7, 0.2, 0.1]])
+    >>> weights = lambda start, stop: probs[start:stop]
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = Path(folder.name) / "labels.xent"
+    >>> summary = compress(path, np.array([0, 1, 0]), weights, identity={}, chunk_rows=2)
+    >>> round(summary.nll_bits, 4)           # −log2(0.5 · 0.8 · 0.7), bits
+    1.8365
+    >>> decompress(path, weights, identity={}).tolist()
+    [0, 1, 0]
+    >>> folder.cleanup()
     """
     with needs("crossent.coding.compress"):
         import constriction
@@ -236,8 +280,31 @@ def decompress(
 ) -> np.ndarray:
     """The labels coded in the file at ``path``, decoded under the same ``weights``.
 
-    ``rows``, if given, is the number of rows ``weights`` has: a file of another number of
-    labels is refused before decoding.
+    A damaged file, other weights or another identity is a ValueError that names the file,
+    never wrong labels: the decoded labels must match the hash in the header.
+
+    Args:
+        path: a file written by :func:`compress`.
+        weights: the same ``weights(start, stop)`` as at compression.
+        identity: the same strings as at compression.
+        rows: the number of rows ``weights`` has, if known: a file of another number of labels
+            is refused before decoding.
+
+    Returns:
+        ``(N,)`` int64 class indices.
+
+    >>> import tempfile
+    >>> probs = np.array([[0.9, 0.1], [0.2, 0.8]])
+    >>> weights = lambda start, stop: probs[start:stop]
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = Path(folder.name) / "l.xent"
+    >>> _ = compress(path, np.array([1, 1]), weights, identity={"model": "a"}, chunk_rows=8)
+    >>> decompress(path, weights, identity={"model": "a"}, rows=2).tolist()
+    [1, 1]
+    >>> decompress(path, weights, identity={"model": "b"})
+    Traceback (most recent call last):
+    ValueError: '...l.xent' was compressed with a different model (model a…, here b…); use ...
+    >>> folder.cleanup()
     """
     with needs("crossent.coding.decompress"):
         pass

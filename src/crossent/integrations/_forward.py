@@ -43,7 +43,18 @@ Chain = tuple[str, ...]  # attribute names after ``self``: ("config", "logits_sc
 
 
 class UnsupportedModelError(TypeError):
-    """A model whose forward crossent cannot run without its logits (see :mod:`._forward`)."""
+    """A model whose forward crossent cannot run without its logits (see :mod:`._forward`).
+
+    The message names the model, the statement of its forward that breaks the rule, and the
+    model types tested.
+
+    >>> from crossent.integrations.transformers import patch
+    >>> try:
+    ...     patch("mixtral")               # its forward computes router logits first
+    ... except UnsupportedModelError as error:
+    ...     print(str(error)[:45])
+    crossent cannot patch MixtralForCausalLM: Mix
+    """
 
 
 @dataclass(frozen=True)

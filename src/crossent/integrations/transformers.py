@@ -33,6 +33,18 @@ from crossent._checks import Reduction, check_base
 from crossent.integrations._forward import Layout, UnsupportedModelError, read_forward
 from crossent.torch import linear_cross_entropy
 
+__all__ = [
+    "TESTED",
+    "BitsCallback",
+    "LossOptions",
+    "UnsupportedModelError",
+    "causal_lm_loss",
+    "patch",
+    "patch_options",
+    "patched",
+    "unpatch",
+]
+
 INSTALL = "pip install 'crossent[transformers]'"
 try:
     import transformers
@@ -61,6 +73,17 @@ class LossOptions:
     ``z_loss`` z adds z · lse(x)² per token (PaLM's z-loss, lse in nats), ``label_smoothing``
     ε takes (1 − ε) of the target and ε / V of every class, and ``base`` gives the loss in
     nats (e, transformers' unit), bits (2) or any other unit: nats / ln base.
+
+    Attributes:
+        z_loss: z ≥ 0, the weight of lse(x)² per token.
+        label_smoothing: ε in [0, 1].
+        base: the logarithm's base: e (nats, the default), 2 (bits).
+
+    >>> LossOptions(base=2).is_nll
+    True
+    >>> LossOptions(label_smoothing=1.5)
+    Traceback (most recent call last):
+    ValueError: `label_smoothing` must be in [0, 1]; got 1.5
     """
 
     z_loss: float = 0.0
@@ -104,6 +127,16 @@ def patch(
     Returns ``target``. Patching again replaces the options. Raises
     :class:`UnsupportedModelError` for a model whose forward does not follow the rule of
     :mod:`crossent.integrations._forward`, naming the statement and the tested families.
+
+    >>> import transformers
+    >>> config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+    ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+    >>> model = transformers.AutoModelForCausalLM.from_config(config)   # a tiny Llama
+    >>> ids = torch.randint(0, 64, (2, 8))
+    >>> before = model(ids, labels=ids).loss            # transformers' own loss, nats
+    >>> outputs = patch(model)(ids, labels=ids)
+    >>> outputs.logits is None, bool(torch.isclose(outputs.loss, before))
+    (True, True)
     """
     options = LossOptions(z_loss, label_smoothing, base)
     model, cls = _resolve(target)
@@ -120,7 +153,18 @@ def patch(
 
 def unpatch(target: Target) -> Target:
     """Give ``target`` (model, class or model type, as :func:`patch` takes) back the forward it
-    had before :func:`patch`. Returns ``target``; one that is not patched is left as it is."""
+    had before :func:`patch`. Returns ``target``; one that is not patched is left as it is.
+
+    Args:
+        target: a model, a model class or a model type.
+
+    >>> import transformers
+    >>> config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+    ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+    >>> model = transformers.AutoModelForCausalLM.from_config(config)   # a tiny Llama
+    >>> patch_options(unpatch(patch(model, base=2))) is None
+    True
+    """
     model, cls = _resolve(target)
     found = _own_patch(model, cls)
     if found is None:
@@ -136,7 +180,23 @@ def unpatch(target: Target) -> Target:
 
 @contextlib.contextmanager
 def patched(target: Target, **options: Any) -> Iterator[Target]:
-    """:func:`patch` for the duration of a ``with`` block; what was there before comes back."""
+    """:func:`patch` for the duration of a ``with`` block; what was there before comes back.
+
+    Args:
+        target: a model, a model class or a model type.
+        **options: ``z_loss``, ``label_smoothing``, ``base``, as :func:`patch` takes them.
+
+    >>> import transformers
+    >>> config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+    ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+    >>> model = transformers.AutoModelForCausalLM.from_config(config)   # a tiny Llama
+    >>> ids = torch.randint(0, 64, (1, 6))
+    >>> with patched(model, base=2):
+    ...     bits = model(ids, labels=ids).loss           # bits per token
+    >>> nats = model(ids, labels=ids).loss               # transformers' own loss again
+    >>> bool(torch.isclose(bits, nats / math.log(2)))
+    True
+    """
     before = _own_patch(*_resolve(target))
     patch(target, **options)
     try:
@@ -149,7 +209,18 @@ def patched(target: Target, **options: Any) -> Iterator[Target]:
 
 def patch_options(target: Any) -> LossOptions | None:
     """The options ``target`` (model, class or model type) is patched with; None if it is not.
-    A model of a patched class reports the class's."""
+    A model of a patched class reports the class's.
+
+    Args:
+        target: a model, a model class or a model type.
+
+    >>> import transformers
+    >>> config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+    ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+    >>> model = transformers.AutoModelForCausalLM.from_config(config)   # a tiny Llama
+    >>> patch_options(patch(model, z_loss=1e-4))
+    LossOptions(z_loss=0.0001, label_smoothing=0.0, base=2.718281828459045)
+    """
     model, cls = _resolve(target)
     found = _patch_of(model.__dict__.get("forward")) if model is not None else None
     found = found or _patch_of(cls.__dict__.get("forward"))
@@ -185,6 +256,22 @@ def causal_lm_loss(
     Under autocast the hidden rows and the head are cast to its dtype first, as ``nn.Linear``
     would be; the loss is float32 for float16/bfloat16 rows. A mean over no target is 0
     (transformers: NaN).
+
+    Args:
+        hidden: ``(B, T, D)`` the decoder's last hidden states (or rows ``(..., D)``).
+        labels: ``(B, T)`` token ids, -100 (``ignore_index``) where nothing is predicted; or
+            None with ``shift_labels``.
+        weight: ``(V, D)`` the head's weight.
+        bias: ``(V,)`` the head's bias, or None.
+        scale: s, the factor of the logits (Cohere's ``logit_scale``, 1 / Granite's
+            ``logits_scaling``).
+        softcap: c > 0, the soft cap of the logits (Gemma 2's), or None.
+        num_items_in_batch: the target tokens of the accumulated batch, to divide the sum by;
+            None: the mean over this batch's targets.
+        ignore_index: the label of positions that predict nothing.
+        shift_labels: ``(B, T)`` labels already shifted (position t predicts
+            ``shift_labels[..., t]``), as transformers passes them.
+        options: the :class:`LossOptions` (z-loss, label smoothing, base).
 
     >>> h = torch.randn(2, 5, 8); w = torch.randn(11, 8); y = torch.randint(0, 11, (2, 5))
     >>> logits = (h @ w.T)[:, :-1].reshape(-1, 11)
@@ -497,6 +584,16 @@ class BitsCallback(TrainerCallback):
 
     A loss with z-loss or label smoothing is not a log-likelihood, so a model patched with
     either is refused (ValueError) when training starts.
+
+    Args:
+        eval_bytes: B, the bytes of the evaluation text, for bits per byte; or None.
+        eval_tokens: T, the evaluation set's target tokens; None: counted from the batches.
+
+    >>> callback = BitsCallback()
+    >>> logs = {"loss": 2.0}                  # nats per token, as the Trainer logs it
+    >>> callback.on_log(None, transformers.TrainerState(), None, logs=logs)
+    >>> round(logs["loss_bits"], 4), round(logs["perplexity"], 4)   # 2 / ln 2 bits, e ** 2
+    (2.8854, 7.3891)
     """
 
     def __init__(self, eval_bytes: int | None = None, eval_tokens: int | None = None) -> None:
@@ -508,9 +605,22 @@ class BitsCallback(TrainerCallback):
         self.eval_bytes, self.eval_tokens = eval_bytes, eval_tokens
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Refuse a model whose loss is not a log-likelihood, before any step.
+
+        Args:
+            args, state, control: the Trainer's, as every callback gets them.
+            **kwargs: the Trainer's objects; ``model`` is the one read.
+        """
         _bits_per_unit(kwargs.get("model"))
 
     def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Add the bits, the perplexities and the bits per byte to the line being logged.
+
+        Args:
+            args, state, control: the Trainer's, as every callback gets them.
+            **kwargs: ``logs`` (the line, updated in place), ``model``, and
+                ``eval_dataloader`` (to count the target tokens).
+        """
         logs = kwargs.get("logs")
         if not logs:
             return

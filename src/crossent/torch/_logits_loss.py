@@ -94,6 +94,8 @@ def cross_entropy(
             computed and the loss returned in float32, the gradient in the logits' dtype.
         target: class indices ``(N,)`` / ``(N, d1, ...)`` (int64), or probabilities of the
             logits' shape.
+        size_average, reduce: PyTorch's deprecated forms of ``reduction``, read as PyTorch
+            reads them (with its warning).
         {options}
         inplace_backward: write the gradient over the logits to save memory; the logits are
             then destroyed, so only use it when nothing else needs them (no double backward).

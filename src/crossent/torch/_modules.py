@@ -16,9 +16,12 @@ from crossent.torch._spec import LossOptions, legacy_reduction, with_options_doc
 
 class CrossEntropyLoss(torch.nn.Module):
     """The module form of :func:`~crossent.torch.cross_entropy`: ``torch.nn.CrossEntropyLoss``'s
-    arguments in its order, then crossent's own, keyword-only.
+    arguments in its order, then crossent's own, keyword-only. Calling it on logits ``(N, C)``
+    (or ``(N, C, d1, ...)``) and targets gives the loss in nats unless ``base`` says otherwise.
 
     Args:
+        size_average, reduce: PyTorch's deprecated forms of ``reduction``, read as PyTorch
+            reads them (with its warning).
         {options}
 
     >>> loss = CrossEntropyLoss(label_smoothing=0.1, base=2)
@@ -48,6 +51,13 @@ class CrossEntropyLoss(torch.nn.Module):
         self.register_buffer("weight", weight)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss, as :func:`~crossent.torch.cross_entropy` with this module's options.
+
+        Args:
+            input: logits ``(N, C)``, ``(N, C, d1, ...)`` or ``(C,)``.
+            target: class indices ``(N,)`` / ``(N, d1, ...)``, or probabilities of the
+                logits' shape.
+        """
         return loss_of(input, target, self.options.with_weight(self.weight))
 
     def extra_repr(self) -> str:
@@ -65,13 +75,19 @@ class LinearCrossEntropy(torch.nn.Module):
     misspelt one fails at construction.
 
     Args:
-        class_weight: the class weights, ``weight`` below.
+        in_features: D, the width of the hidden states.
+        classes: C, the number of classes (a language model's vocabulary).
+        bias: whether the head has a bias ``(C,)``.
+        device, dtype: of the parameters, as ``nn.Linear``'s.
+        **options: the loss's options, by name: ``class_weight`` (the class weights,
+            ``weight`` below), the options below, and ``chunk_size``, ``low_memory``,
+            ``weight_grad_dtype`` as in :func:`~crossent.torch.linear_cross_entropy`.
         {options}
-        chunk_size, low_memory, weight_grad_dtype: as in
-            :func:`~crossent.torch.linear_cross_entropy`.
 
     >>> head = LinearCrossEntropy(4, 3, z_loss=1e-4)
-    >>> head(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])).shape
+    >>> head.weight.shape                   # (C, D), as nn.Linear(4, 3)'s
+    torch.Size([3, 4])
+    >>> head(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])).shape   # the mean loss, nats
     torch.Size([])
     """
 
@@ -93,7 +109,16 @@ class LinearCrossEntropy(torch.nn.Module):
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, **options: Any) -> LinearCrossEntropy:
-        """A head sharing ``linear``'s parameters (not copies), with the loss's ``options``."""
+        """A head sharing ``linear``'s parameters (not copies), with the loss's ``options``.
+
+        Args:
+            linear: the ``nn.Linear(D, C)`` whose weight and bias the head uses.
+            **options: the loss's options, as :class:`LinearCrossEntropy` takes them.
+
+        >>> linear = torch.nn.Linear(4, 3)
+        >>> LinearCrossEntropy.from_linear(linear, base=2).weight is linear.weight
+        True
+        """
         head = cls.__new__(cls)
         torch.nn.Module.__init__(head)
         head.weight, head.bias = linear.weight, linear.bias
@@ -121,10 +146,20 @@ class LinearCrossEntropy(torch.nn.Module):
         self.register_buffer("class_weight", class_weight)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``hidden @ weight.T + bias``: the logits, for inference."""
+        """``hidden @ weight.T + bias``: the logits, for inference.
+
+        Args:
+            hidden: ``(..., D)`` hidden states; the logits are ``(..., C)``.
+        """
         return torch.nn.functional.linear(hidden, self.weight, self.bias)
 
     def forward(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of the head's logits, never made whole, against ``target``.
+
+        Args:
+            hidden: ``(N, D)`` hidden states.
+            target: ``(N,)`` class indices, or ``(N, C)`` probabilities.
+        """
         options = self.options.with_weight(self.class_weight)
         head = Head(hidden, self.weight, self.bias, target)
         return head_loss_of(head, options, self.plan)[0]

@@ -39,8 +39,31 @@ def cross_entropy_reference(
     softcap: float | None = None,
     base: float = math.e,
 ) -> torch.Tensor:
-    """The loss of ``logits`` ``(N, C)``, ``(N, C, d1, ...)`` or ``(C,)`` against ``target``,
-    in float64."""
+    """The loss of :func:`crossent.torch.cross_entropy`, computed in plain float64 PyTorch.
+
+    The oracle the tests hold every backend to: per example, in nats divided by ln ``base``,
+
+        −Σ_j w_j ((1 − ε) t_j + ε / C) log softmax(x)_j + z · lse(x)²
+
+    with t the one-hot (index) or probability target, 0 · log 0 = 0, and x soft-capped first.
+    It shares no code with the implementation it checks. The result is float64.
+
+    Args:
+        logits: ``(N, C)``, ``(N, C, d1, ...)`` or ``(C,)``.
+        target: class indices ``(N,)`` / ``(N, d1, ...)``, or probabilities of the logits' shape.
+        weight: ``(C,)`` class weights w.
+        ignore_index: the index target of examples that count for nothing.
+        label_smoothing: ε in [0, 1].
+        reduction: "mean", "sum" or "none".
+        z_loss: z ≥ 0, the weight of lse².
+        softcap: s > 0 caps the logits to s · tanh(x / s); None: no cap.
+        base: the logarithm's base: e (nats), 2 (bits).
+
+    >>> x = torch.tensor([[2.0, 0.0, -1.0]]); y = torch.tensor([0])
+    >>> loss = cross_entropy_reference(x, y, base=2)
+    >>> loss.dtype, round(loss.item(), 4)                 # bits, in float64
+    (torch.float64, 0.245)
+    """
     x = _rows(logits.double())
     classes, eps = x.shape[-1], label_smoothing
     w = torch.ones(classes, dtype=torch.float64) if weight is None else weight.double()

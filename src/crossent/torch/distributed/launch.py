@@ -55,6 +55,17 @@ class WorkerError(RuntimeError):
     after it hold every rank's error with its traceback. ``reason`` is the error of the rank
     named (its exception's message), and ``user_error`` is True when that was a ValueError or
     TypeError: bad input or settings rather than a fault of the system.
+
+    Args:
+        summary: one line: the rank and what happened to it.
+        details: every rank's error with its traceback, after the first line.
+        rank: the rank named, or None when no single rank is to blame.
+        reason: the named rank's own error message (default: ``summary``).
+        user_error: whether that error was the user's (a ValueError or TypeError).
+
+    >>> error = WorkerError("rank 1 exited with code 3", rank=1)
+    >>> error.rank, error.user_error, str(error)
+    (1, False, 'rank 1 exited with code 3')
     """
 
     def __init__(
@@ -87,9 +98,13 @@ def launch(
 ) -> list[Any]:
     """``[fn(0, world, *args), ..., fn(world − 1, world, *args)]``, each run in its own process.
 
+    The processes join one process group (``backend``), so ``fn`` may call the collectives of
+    ``torch.distributed`` and crossent's vocabulary-parallel losses; they die with the parent.
+
     Args:
         fn: a module-level function ``fn(rank, world, *args)``; its result must pickle.
         processes: the world size, ≥ 1.
+        args: more arguments of ``fn``, after the rank and the world size.
         timeout: seconds for the whole run, after which every worker is stopped and
             :class:`WorkerError` raised; None: no limit.
         collective_timeout: seconds a rank waits in one collective for the others (the
@@ -102,6 +117,13 @@ def launch(
         threads: torch threads per worker; default the CPUs shared out, at least 1.
         on_message: called in the parent as ``on_message(rank, message)`` for every
             :func:`report` of a worker, in the order each worker sent them.
+
+    Returns:
+        The results of ``fn``, by rank. A rank that raises, dies or hangs raises
+        :class:`WorkerError` naming it, after every worker is stopped.
+
+    >>> launch(pow, 3, timeout=120)          # pow(rank, world) on 3 processes
+    [0, 1, 8]
     """
     _check_arguments(processes, timeout, collective_timeout, stall_timeout)
     if timeout is not None:
@@ -123,7 +145,14 @@ def launch(
 
 
 def report(message: Any) -> None:
-    """Send ``message`` from a worker to the parent's ``on_message``; a no-op elsewhere."""
+    """Send ``message`` from a worker to the parent's ``on_message``; a no-op elsewhere.
+
+    Args:
+        message: anything that pickles: a progress line, a dict of numbers.
+
+    >>> report({"epoch": 1, "loss_bits": 0.5}) is None   # outside a worker: nothing is sent
+    True
+    """
     if _worker is not None:
         _worker.send(("message", pickle.dumps(message)))
 

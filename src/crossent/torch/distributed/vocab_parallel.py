@@ -35,7 +35,7 @@ from crossent._checks import Reduction
 from crossent.torch._head_loss import check_head, head_loss_of
 from crossent.torch._head_pass import Head, HeadPlan
 from crossent.torch._logits_loss import check_logits, loss_of
-from crossent.torch._spec import LossOptions
+from crossent.torch._spec import LossOptions, with_options_doc
 from crossent.torch._torch_ops import Sums
 
 _Function = TypeVar("_Function", bound=Callable[..., Any])
@@ -148,7 +148,23 @@ def vocab_parallel_cross_entropy(
         target: class indices over *all* classes ``(N,)`` / ``(N, d1, ...)``, the same on every
             rank; or this rank's slice of probability targets, the shape of ``local_logits``.
         group: the process group of the shards (default: the whole world).
-        weight: ``(C,)`` class weights of all classes, the same on every rank.
+        {options}
+
+    ``weight`` is ``(C,)`` over all classes, the same on every rank. The loss is in nats unless
+    ``base`` says otherwise, as :func:`crossent.torch.cross_entropy`'s. On one rank it is that
+    loss (a process group of one process, in-process):
+
+    >>> import torch.distributed as dist
+    >>> from crossent.torch import cross_entropy
+    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    >>> logits, target = torch.randn(4, 10), torch.tensor([1, 5, 9, 0])
+    >>> loss = vocab_parallel_cross_entropy(logits, target, label_smoothing=0.1)
+    >>> bool(torch.isclose(loss, cross_entropy(logits, target, label_smoothing=0.1)))
+    True
+    >>> dist.destroy_process_group()
+
+    On several ranks, rank r passes ``logits[:, start_r : start_r + C_r]`` and the same
+    ``target``: see docs/distributed.md.
     """
     shape = local_logits.shape
     classes = shape[1] if len(shape) > 1 else shape[0]
@@ -187,6 +203,27 @@ def vocab_parallel_linear_cross_entropy(
     hidden rows' gradient is summed over the ranks, so every rank gets the full ∂h.
     ``class_weight`` is ``(C,)`` over all classes; probability targets are this rank's slice.
     The chunked mode only: ``low_memory`` is a single-process mode.
+
+    Args:
+        hidden: ``(N, D)`` or ``(..., D)``, the same rows on every rank.
+        local_weight: ``(C_r, D)``, this rank's rows of the head's weight.
+        target: class indices over all classes ``(N,)`` / ``(...)``, the same on every rank;
+            or this rank's slice of probability targets ``(..., C_r)``.
+        local_bias: ``(C_r,)``, this rank's slice of the bias, or None.
+        group: the process group of the shards (default: the whole world).
+        class_weight: ``(C,)`` class weights of all classes, ``weight`` below.
+        {options}
+        chunk_size, weight_grad_dtype, return_lse: as in
+            :func:`crossent.torch.linear_cross_entropy`.
+
+    >>> import torch.distributed as dist
+    >>> from crossent.torch import linear_cross_entropy
+    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    >>> h, w, y = torch.randn(6, 4), torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 4, 0])
+    >>> loss = vocab_parallel_linear_cross_entropy(h, w, y, chunk_size=4)   # one rank: all of w
+    >>> bool(torch.isclose(loss, linear_cross_entropy(h, w, y)))
+    True
+    >>> dist.destroy_process_group()
     """
     rows = math.prod(hidden.shape[:-1])
     options = LossOptions(
@@ -198,3 +235,7 @@ def vocab_parallel_linear_cross_entropy(
     shard = class_shard(local_weight.shape[0], rows, hidden.device, group)
     loss, lse = head_loss_of(head, options, plan, shard)
     return (loss, lse) if return_lse else loss
+
+
+with_options_doc(vocab_parallel_cross_entropy)
+with_options_doc(vocab_parallel_linear_cross_entropy)
