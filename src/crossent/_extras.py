@@ -18,6 +18,7 @@ EXTRAS = {
     "constriction": "compress",
     "transformers": "transformers",
     "accelerate": "transformers",
+    "zstandard": "text",
 }
 """Each optional top-level module and the extra of crossent that installs it."""
 

@@ -30,13 +30,17 @@ import crossent
 from crossent._extras import EXTRAS, optional_module
 from crossent._files import OutputError
 
-_COMMANDS = ("explain", "train", "predict", "score", "compress", "decompress")
+_COMMANDS = ("explain", "train", "predict", "score", "compress", "decompress", "text")
 _EXTRA = {
     "train": "classifier",
     "predict": "classifier",
     "score": "classifier",
     "compress": "compress",
     "decompress": "compress",
+    "text score": "text",
+    "text compress": "text",
+    "text decompress": "text",
+    "text train": "text",
 }
 """The extra that installs everything a command needs, where the core install does not."""
 _USERS_CHOICE = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR}
