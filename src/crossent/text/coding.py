@@ -167,6 +167,8 @@ def _check_match(
             f"{header['model_sha256'][:12]}…; {str(lm.path)!r} is {lm.fingerprint()[:12]}…); "
             "decode it with the model it was compressed with"
         )
+    if stride is not None and header["stride"] is None:
+        lm.reading(header["context"], stride)  # the model's own word on a stride
     for option, given, stored in (("context", context, "context"), ("stride", stride, "stride")):
         if given is not None and given != header[stored]:
             raise ValueError(

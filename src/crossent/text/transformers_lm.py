@@ -16,6 +16,7 @@ torch versions, device and thread count (compressed files record them).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,12 +51,19 @@ _LOGITS_BYTES = 1 << 28  # the logits of one batch of windows, at most
 
 @contextmanager
 def _offline() -> Iterator[None]:
-    """Nothing is fetched from the Hub while a model loads."""
+    """Nothing is fetched from the Hub while a model loads, and no progress bar is drawn
+    (the command draws its own)."""
+    from transformers.utils import logging
+
     saved = {key: os.environ.get(key) for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     os.environ.update({key: "1" for key in saved})
+    bars = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         yield
     finally:
+        if bars:
+            logging.enable_progress_bar()  # type: ignore[no-untyped-call]
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -110,6 +118,9 @@ class TransformersModel(LanguageModel):
         positions = getattr(model.config, "max_position_embeddings", None)
         self.max_context = int(positions or getattr(model.config, "n_positions", 1024) or 1024)
         self.device = next(model.parameters()).device
+        # the key-value cache's name: `cache` in recent transformers, `past_key_values` before
+        forward = inspect.signature(model.forward).parameters
+        self.cache_name = "cache" if "cache" in forward else "past_key_values"
 
     def reading(self, context: int | None, stride: int | None) -> Reading:
         context = min(self.max_context, 1024) if context is None else context
@@ -251,6 +262,6 @@ class _CachedStepper(Stepper):
     @torch.no_grad()
     def _run(self, ids: list[int], fresh: bool) -> None:
         inputs = torch.tensor([ids], dtype=torch.long, device=self.lm.device)
-        cache = None if fresh else self.cache
-        out = self.lm.model(input_ids=inputs, past_key_values=cache, use_cache=True)
-        self.cache, self.logits = out.past_key_values, out.logits[0, -1]
+        given = {} if fresh else {self.lm.cache_name: self.cache}
+        out = self.lm.model(input_ids=inputs, use_cache=True, **given)
+        self.cache, self.logits = out[self.lm.cache_name], out.logits[0, -1]
