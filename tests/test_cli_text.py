@@ -218,3 +218,26 @@ def test_without_zstandard_the_zstd_row_says_so(monkeypatch: pytest.MonkeyPatch)
     assert found["zstd -19"].compressed_bytes is None
     assert "zstandard is not installed: pip install 'crossent[text]'" in found["zstd -19"].note
     assert found["xz -9"].bits_per_byte(500) == 8 * found["xz -9"].compressed_bytes / 500
+
+
+def test_without_the_text_extra_the_commands_name_it(model: Path, tmp_path: Path) -> None:
+    from tests.test_packaging import missing, without
+
+    (tmp_path / "t.txt").write_text("some text\n")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text('{"model_type": "gpt2"}')
+    text, xent = str(tmp_path / "t.txt"), str(tmp_path / "t.xent")
+    calls = [
+        ["text", "compress", text, "--model", str(model), "-o", xent],
+        ["text", "score", text, "--model", str(tmp_path / "hf")],
+        ["text", "score", text, "--model", str(model), "--json", str(tmp_path / "s.json")],
+    ]
+    blocked = ["constriction", "transformers", "zstandard"]
+    compress, hf, scored = without(blocked, calls)
+    assert compress == [2, "", missing("text compress", "constriction", "text")]
+    assert hf == [2, "", missing("text score", "transformers", "text")]
+    assert scored[0] == 0  # the byte model needs none of them; zstd's row says why it is empty
+    figures = json.loads((tmp_path / "s.json").read_text())
+    assert figures["compressors"]["zstd -19"]["bytes"] is None
+    assert "zstandard is not installed" in figures["compressors"]["zstd -19"]["note"]
+    assert not (tmp_path / "t.xent").exists()

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace, console: Console) -> None:
         args.output, force=args.force, option="-o/--output", recognise=coding.recognise
     )
     with output as temporary:
+        coding.coder("crossent text compress")  # before the model loads
         text = read_text(args.file)
         lm = models.load(args.model, args.device)
         reading = lm.reading(args.context, args.stride)

@@ -38,6 +38,7 @@ def run(args: argparse.Namespace, console: Console) -> None:
 
     output = claimed_file(args.output, force=args.force, option="-o/--output", recognise=_text)
     with output as temporary:
+        coding.coder("crossent text decompress")  # before the model loads
         coding.read(args.compressed)  # a damaged file is refused before the model loads
         lm = models.load(args.model, args.device)
         with token_progress(console, f"decompressing {args.compressed}") as on_tokens:

@@ -49,6 +49,13 @@ _HEX64 = frozenset("0123456789abcdef")
 CODER_LOSS = -math.log2(1 - 2.0**-8)  # bits per token the range coder may lose, at most
 
 
+def coder(user: str) -> Any:
+    """The constriction module; where it is missing, an error naming ``user`` and the extra."""
+    with needs(user, "text"):
+        import constriction
+    return constriction
+
+
 def bound_bits(model_bits: float, tokens: int, vocab: int) -> float:
     """The most payload bits the coder may write for ``tokens`` tokens of ``model_bits``.
 
@@ -80,9 +87,7 @@ def compress(
     on_progress: Progress | None = None,
 ) -> Summary:
     """Code ``text`` under ``lm`` read as ``reading`` into a new file at ``path``."""
-    with needs("crossent text compress", "text"):
-        import constriction
-
+    constriction = coder("crossent text compress")
     tokens = lm.tokenize(text)
     encoder = constriction.stream.queue.RangeEncoder()
     coder_model = constriction.stream.model.Categorical(perfect=False)
@@ -128,9 +133,7 @@ def decompress(
 ) -> bytes:
     """The text coded in the file at ``path``, decoded under ``lm``; ``context``/``stride``
     None take the file's (given, they must be the file's)."""
-    with needs("crossent text decompress", "text"):
-        import constriction
-
+    constriction = coder("crossent text decompress")
     header, words = read(path)
     name = repr(os.fspath(path))
     reading = _check_match(header, lm, context, stride, name)
