@@ -413,3 +413,22 @@ def test_the_compressed_header_says_what_decoding_needs(packed: Path) -> None:
     assert header["text_sha256"] == hashlib.sha256(corpus_bytes()[:2000]).hexdigest()
     assert set(header["encoded_with"]) >= {"crossent", "numpy"}
     json.dumps(header)  # plain JSON
+
+
+@pytest.mark.parametrize("which", ["byte model", "gpt2"])
+def test_the_surprisal_page_holds_the_whole_text_and_every_tokens_bits(
+    byte_lm: models.LanguageModel, gpt2: models.LanguageModel, which: str
+) -> None:
+    import html as escaping
+    import re
+
+    from crossent.text import html
+
+    lm = byte_lm if which == "byte model" else gpt2
+    text = text_of("<b>&" + UNICODE * 2)
+    result = score.score(text, lm, lm.reading(None, None), compressors=False)
+    page = html.render(result, lm.token_spans(text, lm.tokenize(text)))
+    shown = re.search(r"<pre>(.*)</pre>", page, re.DOTALL).group(1)  # type: ignore[union-attr]
+    assert escaping.unescape(re.sub(r"<[^>]+>", "", shown)) == text.text
+    titles = [float(b) for b in re.findall(r'title="([\d.]+) bits"', shown)]
+    assert sum(titles) == pytest.approx(result.total_bits, abs=0.005 * len(titles))
