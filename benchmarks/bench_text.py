@@ -4,23 +4,34 @@ Corpus (nothing downloaded)
     The .py files of the CPython standard library this Python ships
     (``sysconfig.get_paths()["stdlib"]``), without site-packages and without the test suites
     (any folder named test, tests or idle_test), sorted by their path relative to the library.
-    Every 10th file (the 10th, 20th, ...) is held out; the rest, joined in that order, is the
-    training text. The held-out files, joined in the same way, are the held-out text.
+    Of every 10 files, the 10th (the 10th, 20th, ...) is held out for the test, the 5th (5th,
+    15th, ...) is the validation text, the rest is trained on; each set is its files joined
+    in that order. The test text is never seen before step 2.
 
 What is measured (each step runs the real command in a subprocess, with a fixed thread count)
-    1. `crossent text train train.txt --held-out-file held-out.txt --minutes M`: held-out bits
-       per byte every --eval-seconds (the float network on the first 256 KiB of held-out
-       text), for the plot of bits per byte against training minutes.
-    2. `crossent text score held-out.txt`: the trained (integer) model's bits per byte on all
-       of the held-out text, and gzip -9, bzip2 -9, xz -9 and zstd -19 on the same bytes.
+    1. `crossent text train train.txt --held-out-file validation.txt --minutes M`: validation
+       bits per byte every --eval-seconds (the float network on all of the validation text),
+       for the plot of bits per byte against training minutes; the model kept is the one of
+       the evaluation with the fewest validation bits (`--keep best`).
+    2. `crossent text score held-out.txt`: the trained (integer) model's bits per byte on the
+       test text, and gzip -9, bzip2 -9, xz -9 and zstd -19 on the same bytes.
     3. `crossent text compress` and `decompress` of the held-out text: wall time (the whole
        command, start-up and model loading included) and bytes per second; the round trip is
        checked byte for byte.
 
+    4. With --transformers: `crossent text score` of the first --transformers-bytes of the
+       held-out text under a GPT-2 of the size of GPT-2 small (124M parameters, 12 layers,
+       768 wide, 1024 positions) with random weights and a byte-level BPE tokenizer of 8,192
+       tokens trained here on the training text: tokens per second of scoring (context 1024,
+       stride 512: each token is read twice). The weights do not change the speed; its bits
+       mean nothing.
+
 Usage:
     python benchmarks/bench_text.py --minutes 15 --threads 1     # the run in docs/benchmarks.md
     python benchmarks/bench_text.py --minutes 0.5 --quick         # a smoke test in a minute
-Writes docs/benchmarks/text.csv, text_history.csv and text_bits_per_byte.png (not with --quick).
+    python benchmarks/bench_text.py --transformers-only --threads 2   # step 4 alone
+Writes docs/benchmarks/text.csv, text_history.csv and text_bits_per_byte.png (not with --quick),
+and text_transformers.csv with --transformers-only.
 """
 
 from __future__ import annotations
@@ -57,16 +68,19 @@ def corpus_files() -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def write_corpus(work: Path, quick: bool) -> tuple[Path, Path, int]:
+def write_corpus(work: Path, quick: bool) -> tuple[Path, Path, Path, int]:
+    """train.txt, validation.txt and held-out.txt (the test text) in ``work``."""
     files = corpus_files()
     if quick:
         files = files[:60]
-    train = [p for i, p in enumerate(files) if i % 10 != 9]
-    held = [p for i, p in enumerate(files) if i % 10 == 9]
-    (work / "train.txt").write_bytes(b"".join(p.read_bytes() for p in train))
-    (work / "held-out.txt").write_bytes(b"".join(p.read_bytes() for p in held))
-    (work / "held-out-files.txt").write_text("\n".join(str(p) for p in held) + "\n")
-    return work / "train.txt", work / "held-out.txt", len(files)
+    sets = {"train": [], "validation": [], "held-out": []}
+    for index, path in enumerate(files):
+        name = {9: "held-out", 4: "validation"}.get(index % 10, "train")
+        sets[name].append(path)
+    for name, paths in sets.items():
+        (work / f"{name}.txt").write_bytes(b"".join(p.read_bytes() for p in paths))
+        (work / f"{name}-files.txt").write_text("\n".join(str(p) for p in paths) + "\n")
+    return work / "train.txt", work / "validation.txt", work / "held-out.txt", len(files)
 
 
 def crossent_command(arguments: list[str], threads: int) -> float:
@@ -89,17 +103,23 @@ def main() -> None:
     parser.add_argument("--eval-seconds", type=float, default=60.0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/crossent-bench-text"))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--transformers-only", action="store_true")
+    parser.add_argument("--transformers-bytes", type=int, default=100_000)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    train, held, count = write_corpus(args.work, args.quick)
-    log(f"corpus: {count} files; train {train.stat().st_size:,} bytes, held out "
-        f"{held.stat().st_size:,}")  # fmt: skip
+    train, validation, held, count = write_corpus(args.work, args.quick)
+    if args.transformers_only:
+        transformers_speed(train, held, args)
+        return
+    log(f"corpus: {count} files; train {train.stat().st_size:,} bytes, validation "
+        f"{validation.stat().st_size:,}, test {held.stat().st_size:,}")  # fmt: skip
     model = args.work / "model"
     threads = ["--threads", str(args.threads)]
     train_seconds = crossent_command(
-        ["text", "train", str(train), "--held-out-file", str(held), "--out", str(model),
-         "--minutes", str(args.minutes), "--eval-seconds", str(args.eval_seconds), "--force",
-         *threads],
+        ["text", "train", str(train), "--held-out-file", str(validation), "--out", str(model),
+         "--minutes", str(args.minutes), "--eval-seconds", str(args.eval_seconds),
+         "--eval-bytes", str(validation.stat().st_size), "--force", *threads],
         args.threads,
     )  # fmt: skip
     scored = args.work / "score.json"
@@ -125,7 +145,63 @@ def main() -> None:
                                              decompress_seconds), args)  # fmt: skip
     print(json.dumps(row, indent=2))
     if not args.quick:
-        write(row, history, figures)
+        write(row, history, validation.read_bytes())
+
+
+def transformers_speed(train: Path, held: Path, args: argparse.Namespace) -> None:
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    folder = args.work / "gpt2-small-random"
+    if not (folder / "config.json").exists():
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=8192,
+            special_tokens=["<|endoftext|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+        tokenizer.train_from_iterator([train.read_text()], trainer)
+        fast = transformers.PreTrainedTokenizerFast(
+            tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+        )
+        fast.save_pretrained(folder)
+        config = transformers.GPT2Config(vocab_size=len(fast), bos_token_id=fast.bos_token_id,
+                                         eos_token_id=fast.eos_token_id)  # fmt: skip
+        torch.manual_seed(0)
+        transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    sample = args.work / "held-out-sample.txt"
+    data = held.read_bytes()[: args.transformers_bytes]
+    sample.write_bytes(data[: len(data.decode(errors="ignore").encode())])
+    scored = args.work / "gpt2-score.json"
+    seconds = crossent_command(
+        ["text", "score", str(sample), "--model", str(folder), "--device", args.device,
+         "--json", str(scored), "--force", "--no-compressors"],
+        args.threads,
+    )  # fmt: skip
+    figures = json.loads(scored.read_text())
+    row = {
+        "model": "GPT-2 small config (124M), random weights, BPE 8192",
+        "device": args.device,
+        "bytes": figures["bytes"],
+        "tokens": figures["tokens"],
+        "context": figures["context"],
+        "stride": figures["stride"],
+        "command_seconds": round(seconds, 1),
+        "tokens_per_s": round(figures["tokens"] / seconds),
+        "threads": args.threads,
+        "cpu": cpu_model(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "git_commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    print(json.dumps(row, indent=2))
+    with (DOCS / "text_transformers.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerow(row)
 
 
 def result_row(
@@ -138,6 +214,11 @@ def result_row(
         "train_bytes": card["training"]["train_bytes"],
         "training_minutes": round(card["training"]["seconds"] / 60, 2),
         "training_steps": card["training"]["steps"],
+        "kept_step": card["training"]["kept"]["step"],
+        "kept_minutes": round(card["training"]["kept"]["seconds"] / 60, 2),
+        "kept_validation_bits_per_byte": round(
+            card["training"]["kept"]["held_out_bits_per_byte"], 4
+        ),
         "model_bits_per_byte": round(figures["bits_per_byte"], 4),
         **{
             f"{name.split()[0]}_bits_per_byte": round(found["bits_per_byte"], 4)
@@ -162,7 +243,7 @@ def result_row(
     return row
 
 
-def write(row: dict, history: list[dict], figures: dict) -> None:
+def write(row: dict, history: list[dict], validation: bytes) -> None:
     with (DOCS / "text.csv").open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(row))
         writer.writeheader()
@@ -171,30 +252,35 @@ def write(row: dict, history: list[dict], figures: dict) -> None:
         writer = csv.DictWriter(file, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-    plot(history, figures, DOCS / "text_bits_per_byte.png")
+    plot(history, validation, DOCS / "text_bits_per_byte.png")
 
 
-def plot(history: list[dict], figures: dict, path: Path) -> None:
+def plot(history: list[dict], validation: bytes, path: Path) -> None:
+    """Validation bits per byte against training minutes, with the compressors' on the same
+    validation bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4.2))
+    from crossent.text.yardsticks import yardsticks
+
     points = [h for h in history if h.get("held_out_bits_per_byte") is not None][1:]
     axes.plot(
         [h["seconds"] / 60 for h in points],
         [h["held_out_bits_per_byte"] for h in points],
         marker="o",
-        label="crossent byte model (held-out text)",
+        label="crossent byte model",
     )
-    for name, found in figures["compressors"].items():
-        if found["bits_per_byte"] is not None:
-            axes.axhline(found["bits_per_byte"], linestyle="--", linewidth=1, color="grey")
-            axes.annotate(name, (0, found["bits_per_byte"]), fontsize=8, va="bottom")
+    for found in yardsticks(validation):
+        bits = found.bits_per_byte(len(validation))
+        if bits is not None:
+            axes.axhline(bits, linestyle="--", linewidth=1, color="grey")
+            axes.annotate(found.name, (0, bits), fontsize=8, va="bottom")
     axes.set_xlabel("training minutes (CPU, 1 thread)")
     axes.set_ylabel("bits per byte")
-    axes.set_title("Held-out CPython standard library source")
+    axes.set_title("Validation text: CPython standard library source not trained on")
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)

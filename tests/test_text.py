@@ -432,3 +432,20 @@ def test_the_surprisal_page_holds_the_whole_text_and_every_tokens_bits(
     assert escaping.unescape(re.sub(r"<[^>]+>", "", shown)) == text.text
     titles = [float(b) for b in re.findall(r'title="([\d.]+) bits"', shown)]
     assert sum(titles) == pytest.approx(result.total_bits, abs=0.005 * len(titles))
+
+
+def test_training_keeps_the_model_with_the_fewest_held_out_bits() -> None:
+    data = np.frombuffer(corpus_bytes()[:1500], np.uint8)  # so little that it is memorised
+    held = np.frombuffer((STDLIB / "typing.py").read_bytes()[:2000], np.uint8)
+    options = TrainOptions(steps=60, batch_size=256, learning_rate=0.05, eval_seconds=0.0)
+    trained = train(data, held, TINY, options)
+    held_bits = [h["held_out_bits_per_byte"] for h in trained.history]
+    assert len(held_bits) == 60
+    assert held_bits[-1] > min(held_bits) + 0.5  # held-out bits fell, then rose again
+    assert trained.kept["held_out_bits_per_byte"] == min(held_bits)
+    lm = models.ByteLanguageModel(Path("kept"), trained.model)
+    rounded = score.score(text_of(held.tobytes()), lm, lm.reading(None, None), compressors=False)
+    bits = rounded.total_bits / len(held)
+    assert bits == pytest.approx(min(held_bits), abs=2e-3)  # the float model, rounded
+    last = train(data, held, TINY, TrainOptions(steps=3, eval_seconds=0.0, keep_best=False))
+    assert last.kept is last.history[-1]

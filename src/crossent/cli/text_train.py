@@ -57,6 +57,19 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--eval-seconds", type=float, default=30.0, help="held-out figures every so many seconds"
     )
+    parser.add_argument(
+        "--eval-bytes",
+        type=int,
+        default=1 << 18,
+        help="held-out bytes measured each time (default 262144: the first 256 KiB)",
+    )
+    parser.add_argument(
+        "--keep",
+        choices=("best", "last"),
+        default="best",
+        help="the model to write: of the evaluation with the fewest held-out bits (default), "
+        "or of the last step",
+    )
     _add_shape_options(parser)
     parser.add_argument("--force", action="store_true", help=FORCE_HELP)
     parser.set_defaults(run=run, command="text train")
@@ -99,6 +112,8 @@ def run(args: argparse.Namespace, console: Console) -> None:
         learning_rate=args.lr,
         seed=args.seed,
         eval_seconds=args.eval_seconds,
+        eval_bytes=args.eval_bytes,
+        keep_best=args.keep == "best",
     )
     if args.threads is not None:
         if args.threads < 1:
@@ -124,7 +139,7 @@ def run(args: argparse.Namespace, console: Console) -> None:
                 np.frombuffer(split.train, np.uint8), held, config, options, line.step
             )
         training = {
-            **{k: v for k, v in vars(options).items() if k not in ("eval_bytes", "steps")},
+            **{k: v for k, v in vars(options).items() if k != "steps"},
             "started": started,
             "steps": result.steps,
             "seconds": round(result.seconds, 1),
@@ -134,16 +149,22 @@ def run(args: argparse.Namespace, console: Console) -> None:
             "held_out_bytes": len(split.held_out),
             "held_out_files": [str(p) for p in split.held_out_files][:1000],
             "step_limit": options.steps,
+            "kept": result.kept,
         }
         result.model.save(temporary, training)
         (temporary / "history.json").write_text(json.dumps(result.history, indent=2) + "\n")
-    last = result.history[-1]
+    last, kept = result.history[-1], result.kept
     held_bits = last.get("held_out_bits_per_byte")
     console.print(
         f"{result.steps:,} steps in {result.seconds / 60:.1f} min: train "
         f"{last['train_bits_per_byte']:.4f} bits per byte"
         + (f", held out {held_bits:.4f}" if held_bits is not None else "")
     )
+    if kept is not last:
+        console.print(
+            f"kept the model of step {kept['step']:,} ({kept['seconds'] / 60:.1f} min): held "
+            f"out {kept['held_out_bits_per_byte']:.4f} bits per byte"
+        )
     console.print(f"model folder: {args.out}")
 
 

@@ -10,7 +10,11 @@ sparse variant), the two layers dense ones. At the end it is rounded to integers
 
 Held-out bits per byte are measured on held-out text (its own features, as ``crossent text
 score`` computes them) every ``eval_seconds`` of training: the history that
-docs/benchmarks.md plots against training minutes.
+docs/benchmarks.md plots against training minutes. With ``keep_best`` (the default) the model
+returned is the one of the evaluation with the fewest held-out bits, not the last: the hashed
+tables can memorise the corpus, and after some minutes held-out bits rise again while the
+training bits still fall (early stopping; the held-out text then served to choose the model,
+so report the model's bits on other text).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class TrainOptions:
     seed: int = 0
     eval_seconds: float = 30.0
     eval_bytes: int = 1 << 18
+    keep_best: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 0 or (self.minutes is not None and not 0 < self.minutes < math.inf):
@@ -66,6 +71,7 @@ class Trained:
     history: list[dict[str, float]] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
+    kept: dict[str, float] = field(default_factory=dict)  # the history entry of the model
 
 
 class _Network(torch.nn.Module):
@@ -140,6 +146,7 @@ def train(
     dense_parameters = [*network.hidden.parameters(), *network.out.parameters()]
     dense = torch.optim.Adam(dense_parameters, options.learning_rate)
     result = Trained(from_float(config, network.parameters_as_arrays()))
+    best = _Best(network, options.keep_best and held is not None)
     limit = math.inf if options.minutes is None else 60.0 * options.minutes
     start, last_eval, running = time.perf_counter(), -math.inf, []
     step = 0
@@ -158,13 +165,37 @@ def train(
             on_step(step, seconds, running[-1])
         if seconds - last_eval >= options.eval_seconds:
             result.history.append(_evaluate(network, held, options, step, seconds, running))
+            best.offer(result.history[-1])
             last_eval, running = seconds, []
     result.seconds = time.perf_counter() - start
     if running or not result.history:
         result.history.append(_evaluate(network, held, options, step, result.seconds, running))
+        best.offer(result.history[-1])
     result.steps = step
+    result.kept = best.restore() or result.history[-1]
     result.model = from_float(config, network.parameters_as_arrays())
     return result
+
+
+class _Best:
+    """The parameters of the evaluation with the fewest held-out bits so far (if ``active``)."""
+
+    def __init__(self, network: _Network, active: bool) -> None:
+        self.network, self.active = network, active
+        self.entry: dict[str, Any] | None = None
+        self.state: dict[str, torch.Tensor] = {}
+
+    def offer(self, entry: dict[str, Any]) -> None:
+        bits = entry.get("held_out_bits_per_byte", math.inf)
+        if self.active and (self.entry is None or bits < self.entry["held_out_bits_per_byte"]):
+            self.entry = entry
+            self.state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+
+    def restore(self) -> dict[str, Any] | None:
+        """Load the kept parameters into the network; their history entry (None if none)."""
+        if self.entry is not None:
+            self.network.load_state_dict(self.state)
+        return self.entry
 
 
 def _evaluate(
