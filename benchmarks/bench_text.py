@@ -96,6 +96,12 @@ def crossent_command(arguments: list[str], threads: int) -> float:
     return seconds
 
 
+def card_seconds(model: Path) -> float:
+    """The training time recorded in a finished model's card."""
+    card = json.loads((model / "crossent-text-model.json").read_text())
+    return float(card["training"]["seconds"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=15.0)
@@ -106,6 +112,10 @@ def main() -> None:
     parser.add_argument("--transformers-only", action="store_true")
     parser.add_argument("--transformers-bytes", type=int, default=100_000)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--keep-model", action="store_true",
+        help="measure the model already trained in --work/model instead of training one",
+    )  # fmt: skip
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     train, validation, held, count = write_corpus(args.work, args.quick)
@@ -116,7 +126,7 @@ def main() -> None:
         f"{validation.stat().st_size:,}, test {held.stat().st_size:,}")  # fmt: skip
     model = args.work / "model"
     threads = ["--threads", str(args.threads)]
-    train_seconds = crossent_command(
+    train_seconds = card_seconds(model) if args.keep_model else crossent_command(
         ["text", "train", str(train), "--held-out-file", str(validation), "--out", str(model),
          "--minutes", str(args.minutes), "--eval-seconds", str(args.eval_seconds),
          "--eval-bytes", str(validation.stat().st_size), "--force", *threads],
@@ -277,7 +287,8 @@ def plot(history: list[dict], validation: bytes, path: Path) -> None:
         bits = found.bits_per_byte(len(validation))
         if bits is not None:
             axes.axhline(bits, linestyle="--", linewidth=1, color="grey")
-            axes.annotate(found.name, (0, bits), fontsize=8, va="bottom")
+            axes.text(0.99, bits, found.name, transform=axes.get_yaxis_transform(),
+                      fontsize=8, ha="right", va="bottom")  # fmt: skip
     axes.set_xlabel("training minutes (CPU, 1 thread)")
     axes.set_ylabel("bits per byte")
     axes.set_title("Validation text: CPython standard library source not trained on")
@@ -286,5 +297,14 @@ def plot(history: list[dict], validation: bytes, path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
+def replot(work: Path) -> None:
+    """Draw the figure again from a finished run's files in ``work``."""
+    history = json.loads((work / "model" / "history.json").read_text())
+    plot(history, (work / "validation.txt").read_bytes(), DOCS / "text_bits_per_byte.png")
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--replot"]:
+        replot(Path(sys.argv[2]))
+    else:
+        main()
