@@ -3,6 +3,7 @@ every command that reports numbers, and shell completion generated from the pars
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import math
@@ -10,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -271,10 +273,24 @@ def test_quiet_still_reports_an_error(capsys: pytest.CaptureFixture[str]) -> Non
     assert err.count("\n") == 1
 
 
+def _leaf_commands(
+    parser: argparse.ArgumentParser, name: str = "crossent"
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """(name, parser) of every command that runs: ``text score``, not ``text``."""
+    groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not groups:
+        yield name, parser
+    for group in groups:
+        for sub, command in group.choices.items():
+            yield from _leaf_commands(command, f"{name} {sub}")
+
+
 def test_every_command_takes_quiet() -> None:
-    parser = build_parser()
-    commands = next(a for a in parser._actions if a.dest == "command").choices
-    assert set(commands) >= {"explain", "train", "predict", "score", "compress", "decompress"}
+    commands = dict(_leaf_commands(build_parser()))
+    assert set(commands) >= {
+        f"crossent {name}"
+        for name in ("explain", "train", "predict", "score", "compress", "decompress")
+    } | {f"crossent text {name}" for name in ("score", "compress", "decompress", "train")}
     for name, command in commands.items():
         options = {o for a in command._actions for o in a.option_strings}
         assert {"-q", "--quiet"} <= options, name

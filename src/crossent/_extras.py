@@ -19,6 +19,7 @@ EXTRAS = {
     "transformers": "transformers",
     "accelerate": "transformers",
     "shtab": "completion",
+    "zstandard": "text",
 }
 """Each optional top-level module and the extra of crossent that installs it."""
 

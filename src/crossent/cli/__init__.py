@@ -36,13 +36,17 @@ from crossent._extras import EXTRAS, optional_module
 from crossent._files import OutputError
 from crossent.cli import _completion, _stdio
 
-_COMMANDS = ("explain", "train", "predict", "score", "compress", "decompress")
+_COMMANDS = ("explain", "train", "predict", "score", "compress", "decompress", "text")
 _EXTRA = {
     "train": "classifier",
     "predict": "classifier",
     "score": "classifier",
     "compress": "compress",
     "decompress": "compress",
+    "text score": "text",
+    "text compress": "text",
+    "text decompress": "text",
+    "text train": "text",
 }
 """The extra that installs everything a command needs, where the core install does not."""
 _USERS_CHOICE = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR}
@@ -73,8 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_quiet(parser: argparse.ArgumentParser) -> None:
-    """``-q/--quiet``, the same in every command (not in one whose extra is missing)."""
-    if parser.prefix_chars == "-":
+    """``-q/--quiet``, the same in every command (not in one whose extra is missing); a
+    command with subcommands (``text``) gets it in each of them, where argparse keeps it."""
+    groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for group in groups:
+        for command in group.choices.values():
+            _add_quiet(command)
+    if parser.prefix_chars == "-" and not groups:
         parser.add_argument(
             "-q",
             "--quiet",

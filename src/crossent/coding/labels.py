@@ -81,6 +81,15 @@ def quantise(weights: np.ndarray) -> np.ndarray:
     return (free + 1).astype(np.int64)
 
 
+def coder_frequencies(weights: np.ndarray) -> tuple[np.ndarray, bytes]:
+    """What the range coder is given for rows of weights ``(n, M)``: the frequencies minus 1
+    (exact float64 integers, each row summing to 2^24 − M) and their fingerprint (bytes).
+
+    The quantisation of :func:`quantise`, for other coders of sequences (``crossent.text``).
+    """
+    return _free_frequencies(np.asarray(weights, dtype=np.float64))
+
+
 def _free_frequencies(u: np.ndarray) -> tuple[np.ndarray, bytes]:
     """Frequencies minus 1, as exact float64 integers: cuts at floor(U_k · (2^24 − M) / U_M).
 
