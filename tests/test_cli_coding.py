@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -39,28 +40,42 @@ def test_compress_then_decompress_gives_the_labels_back(
     capsys: pytest.CaptureFixture[str], wine: tuple[Path, Path], tmp_path: Path
 ) -> None:
     run_folder, data = wine
-    code, out, _ = run(
-        capsys, "compress", run_folder, data, "--target", "cultivar", "-o", tmp_path / "l.xent"
-    )
+    packed = tmp_path / "l.xent"
+    argv = ["compress", run_folder, data, "--target", "cultivar", "-o", packed]
+    code, out, _ = run(capsys, *argv, "--json", tmp_path / "c.json")
     assert code == 0
+    report = json.loads((tmp_path / "c.json").read_text())
+    # every figure of the report, against what it says it is, computed here by hand
+    labels = pa_csv.read_csv(data).column("cultivar").to_pylist()
+    counts = np.unique(labels, return_counts=True)[1]
+    entropy_bits = -float(np.sum(counts * np.log2(counts / len(labels))))
+    assert (report["labels"], report["classes"]) == (178, 3)
+    assert report["label_entropy_bits"] == pytest.approx(entropy_bits, rel=1e-12)
+    assert report["file_bits"] == 8 * report["file_bytes"] == 8 * packed.stat().st_size
+    assert report["compressed_bits"] % 32 == 0  # the coder writes 32-bit words
+    assert report["overhead_bits"] == pytest.approx(
+        report["compressed_bits"] - report["quantised_nll_bits"], rel=1e-12
+    )
+    assert report["saved_bits"] == pytest.approx(
+        entropy_bits - report["compressed_bits"], rel=1e-12
+    )
+    assert report["quantised_nll_bits"] == pytest.approx(report["nll_bits"], abs=1e-3)
+    assert report["nll_bits"] <= report["compressed_bits"] <= report["nll_bits"] + 64 + 1e-3 * 178
+    # the printed table shows the same numbers, per label too
     text = " ".join(out.split())
     assert "178 labels of 3 classes" in text
-    for row in (
-        "NLL of the model",
-        "NLL, quantised model",
-        "compressed (payload)",
-        "overhead",
-        "without the features",
-        "saved by the model",
+    for row, key in (
+        ("NLL of the model", "nll_bits"),
+        ("compressed (payload)", "compressed_bits"),
+        ("without the features", "label_entropy_bits"),
+        ("saved by the model", "saved_bits"),
     ):
-        assert row in text
-    code, out, _ = run(
-        capsys, "decompress", run_folder, data, tmp_path / "l.xent", "-o", tmp_path / "back.csv"
-    )
+        bits = report[key]
+        assert f"{row} │ {bits:,.1f} │ {bits / 178:.4f}" in text, row
+    code, out, _ = run(capsys, "decompress", run_folder, data, packed, "-o", tmp_path / "back.csv")
     assert code == 0
     assert "decoded 178 labels" in out
-    original = pa_csv.read_csv(data).column("cultivar").to_pylist()
-    assert pa_csv.read_csv(tmp_path / "back.csv").column("cultivar").to_pylist() == original
+    assert pa_csv.read_csv(tmp_path / "back.csv").column("cultivar").to_pylist() == labels
 
 
 def test_compressed_size_is_the_nll_in_bits(
@@ -144,8 +159,21 @@ def test_explain_code_plays_twenty_questions(capsys: pytest.CaptureFixture[str])
     assert measured == pytest.approx(1.875, abs=0.03)
 
 
-def test_explain_code_with_an_impossible_outcome(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "explain", "--code", "--q", "1/2,1/2,0", "--p", "1/3,1/3,1/3")
+def test_explain_code_with_an_impossible_outcome(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    argv = ["explain", "--code", "--q", "1/2,1/2,0", "--p", "1/3,1/3,1/3"]
+    code, out, _ = run(capsys, *argv, "--json", tmp_path / "e.json")
     assert code == 0
     assert "never asked: q(x) = 0" in out
-    assert "inf" in out
+    found = json.loads((tmp_path / "e.json").read_text())
+    # q's code has no word for c; p draws c a third of the time, so coding p with q's code
+    # costs +inf bits, as H(p, q) and D(p ‖ q) say; the other way is finite: H(q, p) = log2 3
+    assert found["entropy"]["code_words"][2] is None
+    assert found["entropy"]["code_lengths"] == [1, 1, None]
+    assert found["entropy"]["H(q)"] == found["entropy"]["mean_length"] == 1.0
+    assert found["cross_entropy"]["H(p, q)"] == math.inf
+    assert found["cross_entropy"]["mean_length_on_p"] == math.inf
+    assert found["kl_divergence"]["D(p || q)"] == math.inf
+    assert found["cross_entropy"]["H(q, p)"] == pytest.approx(math.log2(3), rel=1e-12)
+    assert found["cross_entropy"]["H(p)"] == pytest.approx(math.log2(3), rel=1e-12)
