@@ -59,8 +59,8 @@ def coder(user: str) -> Any:
 def bound_bits(model_bits: float, tokens: int, vocab: int) -> float:
     """The most payload bits the coder may write for ``tokens`` tokens of ``model_bits``.
 
-    >>> round(bound_bits(1000.0, 100, 256) - 1000.0, 3)  # 64 + 100·(2.2e-5 + 5.6e-3)
-    64.566
+    >>> round(bound_bits(1000.0, 100, 256) - 1000.0, 3)  # 64 + 100·(2.2e-5 + 5.65e-3)
+    64.567
     """
     quantisation = -math.log2(1 - vocab / 2.0**PRECISION)
     return model_bits + tokens * (quantisation + CODER_LOSS) + 64
