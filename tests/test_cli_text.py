@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,6 +108,14 @@ def test_compress_then_decompress_gives_the_bytes_back(
         assert code == 0
         assert f"decoded {len(data):,} bytes" in out
         assert back.read_bytes() == data
+    # - writes the bytes, and only them, to standard output; the report goes to stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "crossent", "text", "decompress", str(packed), "--model",
+         str(model), "-o", "-"],
+        capture_output=True, check=True,
+    )  # fmt: skip
+    assert done.stdout == data
+    assert b"decoded 1 bytes into standard output" in done.stderr
     code, _, err = run(capsys, "text", "compress", source, "--model", model, "-o", packed)
     assert code == 2
     assert "already exists; pass --force" in err

@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 
 from crossent.cli._output import add_force, claimed_file
+from crossent.cli._stdio import is_stdio
 from crossent.cli.text import add_model_options
 from crossent.cli.text_progress import token_progress
 
@@ -28,7 +29,10 @@ def add_parser(commands: Any) -> None:
     add_model_options(
         parser, context_help="must be the one it was compressed with (default: the file's)"
     )
-    parser.add_argument("-o", "--output", type=Path, required=True, help="text file to write")
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True,
+        help="text file to write; - writes to standard output",
+    )  # fmt: skip
     add_force(parser)
     parser.set_defaults(run=run, command="text decompress")
 
@@ -44,7 +48,8 @@ def run(args: argparse.Namespace, console: Console) -> None:
         with token_progress(console, f"decompressing {args.compressed}") as on_tokens:
             data = coding.decompress(args.compressed, lm, args.context, args.stride, on_tokens)
         temporary.write_bytes(data)
-    console.print(f"decoded {len(data):,} bytes into {args.output}")
+    where = "standard output" if is_stdio(args.output) else args.output
+    console.print(f"decoded {len(data):,} bytes into {where}")
 
 
 def _text(path: Path) -> str | None:
