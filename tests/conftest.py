@@ -11,12 +11,20 @@ if not torch.cuda.is_available():
     # Triton kernels run in Triton's interpreter on CPU tensors; the variable is read when
     # triton is first imported, so it is set here, before any test module can import it.
     os.environ.setdefault("TRITON_INTERPRET", "1")
-from hypothesis import settings
+from hypothesis import Phase, settings
 from hypothesis import strategies as st
 
 settings.register_profile("default", deadline=None, max_examples=60)
-# tools/mutate.py runs the tests once per mutant: fewer examples (HYPOTHESIS_PROFILE=mutation)
-settings.register_profile("mutation", deadline=None, max_examples=12, derandomize=True)
+# tools/mutate.py runs the tests once per mutant (HYPOTHESIS_PROFILE=mutation): fewer examples,
+# and no shrinking, which can take minutes on a failing mutant where the first failure is enough
+settings.register_profile(
+    "mutation",
+    deadline=None,
+    max_examples=12,
+    derandomize=True,
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),
+    database=None,
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 

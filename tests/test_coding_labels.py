@@ -260,3 +260,16 @@ def test_the_compiled_quantiser_refuses_what_numpy_refuses(bad: float) -> None:
             quantised(u, None)
     with pytest.raises(ValueError, match=r"row 0 is not"):
         labels_module._quantised(np.zeros((2, 4)), None)
+
+
+@pytest.mark.timeout(120)
+def test_a_forked_child_quantises_on_threads_of_its_own() -> None:
+    """The parent's quantiser threads do not exist in a forked child; a child that used the
+    parent's pool would wait for ever."""
+    import multiprocessing
+
+    weights = np.random.default_rng(0).random((4096, 256)) + 0.01  # several threads' shares
+    expected = quantise(weights)  # the parent's pool exists now
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(quantise, (weights,)).get(timeout=60)
+    assert np.array_equal(got, expected)

@@ -80,7 +80,10 @@ def run(module: str, workers: int) -> dict[str, int]:
     (folder / "pyproject.toml").write_text(
         _settings(module, [f"tests/{t}" for t in tests], keyword)
     )
-    environment = {**os.environ, "HYPOTHESIS_PROFILE": "mutation", "PYTHONPATH": ""}
+    # mutmut forks a child per mutant from a process that has run torch: GNU OpenMP's threads
+    # do not survive a fork, and a child's first parallel op would wait for them for ever
+    environment = {**os.environ, "HYPOTHESIS_PROFILE": "mutation", "PYTHONPATH": "",
+                   "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # fmt: skip
     started = time.monotonic()
     with (folder / "mutmut.log").open("w") as log:
         done = subprocess.run(

@@ -64,6 +64,10 @@ def _pool() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(_THREADS, thread_name_prefix="crossent-coding")
 
 
+# a forked child has none of its parent's threads: it makes its own pool on first use
+os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
 def quantise(weights: np.ndarray) -> np.ndarray:
     """Integer frequencies ``(n, M)``, each ≥ 1, each row summing to 2^24, from weights u ≥ 0.
 
