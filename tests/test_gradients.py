@@ -70,6 +70,22 @@ def test_cross_entropy_gradient_where_target_and_model_are_both_zero() -> None:
     assert p.grad.tolist() == [math.log(2), math.log(2), INF]
 
 
+@pytest.mark.parametrize("learns", ["target", "pred"])
+def test_cross_entropy_gradient_of_one_argument_while_the_other_is_fixed(learns: str) -> None:
+    # Each argument gets its own gradient when it alone requires one: ∂H/∂p_j = −log2 q_j,
+    # ∂H/∂q_j = −p_j / (q_j ln 2) (bits), by hand.
+    p = torch.tensor([0.25, 0.75, 0.0], dtype=torch.float64, requires_grad=learns == "target")
+    q = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64, requires_grad=learns == "pred")
+    crossent.cross_entropy(target_probs=p, pred_probs=q).backward()
+    if learns == "target":
+        assert q.grad is None
+        assert p.grad.tolist() == [1.0, 2.0, 2.0]
+    else:
+        assert p.grad is None
+        expected = [-0.25 / (0.5 * math.log(2)), -0.75 / (0.25 * math.log(2)), 0.0]
+        torch.testing.assert_close(q.grad, torch.tensor(expected, dtype=torch.float64))
+
+
 def test_ignored_minus_inf_log_probs_give_exactly_zero_gradient() -> None:
     log_q = torch.tensor([[math.log(0.5), math.log(0.5), -INF]], requires_grad=True)
     loss = crossent.cross_entropy(target_probs=[[1.0, 0.0, 0.0]], pred_log_probs=log_q)
