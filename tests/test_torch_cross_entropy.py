@@ -205,6 +205,18 @@ def test_low_precision_is_computed_and_returned_in_float32(dtype: torch.dtype) -
     assert grad_error <= 2**-7 * truth[1].abs().max()  # one rounding to the dtype, no more
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_low_precision_spatial_logits_get_each_elements_upstream(reduction: str) -> None:
+    # (N, C, d) bfloat16 logits: their gradient is made in the backward, where the upstream
+    # of reduction="none" is one number per element (N, d), not per row of the (N·d, C) view
+    logits, index, _, _ = problem((4, 6, 3), torch.float32, seed=5)
+    low = logits.to(torch.bfloat16)
+    truth = value_and_grad(cross_entropy_reference, low.double(), index, reduction=reduction)
+    ours = value_and_grad(cross_entropy, low, index, reduction=reduction)
+    assert ours[1].dtype == torch.bfloat16
+    assert (ours[1].double() - truth[1]).abs().max() <= 2**-7 * truth[1].abs().max()
+
+
 def test_inplace_backward_writes_the_gradient_over_the_logits() -> None:
     logits, index, _, _ = problem((5, 7), torch.float32)
     expected = value_and_grad(cross_entropy, logits, index, reduction="none")

@@ -11,11 +11,9 @@ from crossent.torch import _reuse
 
 
 def upstream_of(grad_loss: torch.Tensor, reduction: Reduction) -> torch.Tensor:
-    """The upstream gradient as one factor (0-d) or one per row ``(R,)``, float64 or the
-    loss's float type."""
-    wide = torch.promote_types(grad_loss.dtype, torch.float32)
-    upstream = grad_loss.to(wide)
-    return upstream.reshape(-1) if reduction == "none" else upstream
+    """The upstream gradient as one factor (0-d) or one per row ``(R,)``, in the loss's
+    dtype: float32 or float64, also for float16/bfloat16 logits."""
+    return grad_loss.reshape(-1) if reduction == "none" else grad_loss
 
 
 def scale_saved(
