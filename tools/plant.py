@@ -115,7 +115,7 @@ def run(plant: Plant) -> str:
         )  # fmt: skip
         if done.returncode == 0:
             return "SURVIVED"
-        failed = re.search(r"^FAILED (\S+)", done.stdout, re.MULTILINE)
+        failed = re.search(r"^(?:FAILED|ERROR) (\S+)", done.stdout, re.MULTILINE)
         return f"killed by {failed.group(1)}" if failed else done.stdout[-300:]
 
 
