@@ -28,11 +28,11 @@ import hashlib
 import json
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -256,16 +256,14 @@ def compress(
     model = constriction.stream.model.Categorical(perfect=False)
     predictions = hashlib.sha256()
     nll = quantised = 0.0
-    classes = 0
-    for start in range(0, len(labels), chunk_rows):
-        chunk = labels[start : start + chunk_rows]
-        u = _checked_weights(weights(start, start + len(chunk)), len(chunk), classes or None)
-        classes = u.shape[1]
-        _check_labels(chunk, classes, start)
-        free, fingerprint, chunk_nll, chunk_quantised = _quantised(u, chunk)
+    starts = range(0, len(labels), chunk_rows)
+    for start, (free, fingerprint, chunk_nll, chunk_quantised) in zip(
+        starts, _one_ahead(_quantising(labels, weights, starts, chunk_rows)), strict=True
+    ):
         predictions.update(fingerprint)
         nll, quantised = nll + chunk_nll, quantised + chunk_quantised
-        encoder.encode(chunk, model, free)
+        encoder.encode(labels[start : start + chunk_rows], model, free)
+    classes = free.shape[1]
     words = np.asarray(encoder.get_compressed(), dtype=np.uint32)
     header = {
         "format_version": FORMAT_VERSION,
@@ -282,6 +280,38 @@ def compress(
     frequencies_of_labels = np.bincount(labels, minlength=classes) / len(labels)
     baseline = len(labels) * float(entropy(frequencies_of_labels))
     return Summary(len(labels), classes, nll, quantised, 32 * len(words), size, baseline)
+
+
+def _quantising(
+    labels: np.ndarray, weights: Weights, starts: range, chunk_rows: int
+) -> Iterator[Callable[[], tuple[np.ndarray, bytes, float, float]]]:
+    """For each chunk, in order: its weights read and checked here, and its quantisation
+    (:func:`_quantised`) to run."""
+    classes: int | None = None
+    for start in starts:
+        chunk = labels[start : start + chunk_rows]
+        u = _checked_weights(weights(start, start + len(chunk)), len(chunk), classes)
+        classes = u.shape[1]
+        _check_labels(chunk, classes, start)
+        yield functools.partial(_quantised, u, chunk)
+
+
+_Done = TypeVar("_Done")
+
+
+def _one_ahead(jobs: Iterator[Callable[[], _Done]]) -> Iterator[_Done]:
+    """Each job's result, in order, with the next job already running on a thread while the
+    caller codes this one's chunk: the quantiser (which releases the GIL) and the range coder
+    overlap. ``jobs`` itself (reading the model's weights) runs on the caller's thread."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="crossent-ahead") as ahead:
+        pending: concurrent.futures.Future[_Done] | None = None
+        for job in jobs:
+            running = ahead.submit(job)
+            if pending is not None:
+                yield pending.result()
+            pending = running
+        if pending is not None:
+            yield pending.result()
 
 
 def decompress(
@@ -351,14 +381,18 @@ def _decode(words: np.ndarray, weights: Weights, header: dict[str, Any], name: s
     count, chunk_rows, classes = header["labels"], header["chunk_rows"], header["classes"]
     predictions = hashlib.sha256()
     chunks = []  # not one array of `count` labels: a forged count must not allocate
-    for start in range(0, count, chunk_rows):
-        stop = min(count, start + chunk_rows)
-        u = _checked_weights(weights(start, stop), stop - start, None)
-        if u.shape[1] != classes:
-            raise ValueError(
-                f"{name} holds labels of {classes} classes; the model has {u.shape[1]}"
-            )
-        free, fingerprint = _free_frequencies(u)
+
+    def jobs() -> Iterator[Callable[[], tuple[np.ndarray, bytes]]]:
+        for start in range(0, count, chunk_rows):
+            stop = min(count, start + chunk_rows)
+            u = _checked_weights(weights(start, stop), stop - start, None)
+            if u.shape[1] != classes:
+                raise ValueError(
+                    f"{name} holds labels of {classes} classes; the model has {u.shape[1]}"
+                )
+            yield functools.partial(_free_frequencies, u)
+
+    for free, fingerprint in _one_ahead(jobs()):
         predictions.update(fingerprint)
         try:
             chunks.append(np.asarray(decoder.decode(model, free), dtype=np.int32))
