@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 import crossent
 from crossent.coding import canonical_code, expected_length, shannon_lengths
@@ -55,6 +57,8 @@ def test_errors() -> None:
         shannon_lengths([1.5, -0.5])
     with pytest.raises(ValueError, match="one entry per outcome; got 2 and 3"):
         expected_length([1, 1], [0.5, 0.25, 0.25])
+    with pytest.raises(ValueError, match=r"^`probs` must have a positive entry; got all zeros$"):
+        shannon_lengths([0.0, 0.0])
 
 
 def test_code_words_are_sampled_at_the_rate_of_the_cross_entropy() -> None:
@@ -78,3 +82,27 @@ def test_shannon_lengths_obey_kraft_when_floats_sum_above_one() -> None:
         assert not any(a != b and b.startswith(a) for a in words for b in words)
     assert shannon_lengths([1.0, 4.33e-246])[0] == 1
     assert shannon_lengths([0.5, 0.5, 1e-20])[:2] == [2, 2]
+
+
+@given(
+    st.lists(
+        st.floats(0.0, 1.0, allow_subnormal=True) | st.sampled_from([5e-324, 1e-310, 1.0]),
+        min_size=1,
+        max_size=8,
+    ).filter(any)
+)
+def test_each_length_is_the_least_l_with_two_to_minus_l_at_most_q(probs: list[float]) -> None:
+    # checked in exact rationals, down to float's smallest subnormal beside several outcomes
+    # (a float log2 of q / Σ q underflowed there: 5e-324 of 3 was a math domain error)
+    total = sum(Fraction(q) for q in probs)
+    for q, length in zip(probs, shannon_lengths(probs), strict=True):
+        if q == 0:
+            assert length is None
+            continue
+        share = Fraction(q) / total
+        assert Fraction(1, 2**length) <= share
+        assert length == 0 or Fraction(1, 2 ** (length - 1)) > share
+
+
+def test_a_subnormal_probability_among_several_outcomes() -> None:
+    assert shannon_lengths([5e-324, 1.0, 1.0, 1.0]) == [1076, 2, 2, 2]

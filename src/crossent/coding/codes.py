@@ -40,12 +40,13 @@ def shannon_lengths(probs: Sequence[float]) -> list[int | None]:
 
 
 def _shannon_length(share: Fraction) -> int:
-    """The least l ≥ 0 with 2^−l ≤ share, exactly."""
-    length = max(0, math.ceil(-math.log2(share)) - 1)  # a float guess, then exact steps
-    while Fraction(1, 2**length) > share:
+    """The least l ≥ 0 with 2^−l ≤ share = a / b, exactly, in integers: from the guess
+    bits(b) − bits(a) − 1, which is below it, up one step at a time while a · 2^l < b. (A
+    float guess from log2 would fail where share is below float's range: 5e-324 of 3.)"""
+    a, b = share.numerator, share.denominator
+    length = max(0, b.bit_length() - a.bit_length() - 1)
+    while a << length < b:
         length += 1
-    while length > 0 and Fraction(1, 2 ** (length - 1)) <= share:
-        length -= 1
     return length
 
 
