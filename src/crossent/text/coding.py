@@ -57,7 +57,13 @@ def coder(user: str) -> Any:
 
 
 def bound_bits(model_bits: float, tokens: int, vocab: int) -> float:
-    """The most payload bits the coder may write for ``tokens`` tokens of ``model_bits``.
+    """The most payload bits the coder may write for ``tokens`` tokens of ``model_bits``:
+    model_bits + tokens · (−log2(1 − vocab / 2^24) + −log2(1 − 2^−8)) + 64.
+
+    Args:
+        model_bits: Σ −log2 q of the tokens under the float model.
+        tokens: how many tokens are coded.
+        vocab: the model's vocabulary size (each token gets at least 1 of 2^24).
 
     >>> round(bound_bits(1000.0, 100, 256) - 1000.0, 3)  # 64 + 100·(2.2e-5 + 5.65e-3)
     64.567
@@ -86,7 +92,23 @@ def compress(
     reading: Reading,
     on_progress: Progress | None = None,
 ) -> Summary:
-    """Code ``text`` under ``lm`` read as ``reading`` into a new file at ``path``."""
+    """Range-code ``text`` under ``lm`` read as ``reading`` into a new file at ``path``.
+
+    Each token is coded with the model's next-token distribution quantised to 24-bit integer
+    frequencies, so the payload is within :func:`bound_bits` of the model's bits (what
+    :func:`crossent.text.score.score` reports for the same reading).
+
+    Args:
+        path: the file to write.
+        lm: the model, from :func:`crossent.text.models.load`; decoding needs the same one.
+        text: from :func:`crossent.text.source.read_text`.
+        reading: ``lm.reading(context, stride)``; decoding needs the same.
+        on_progress: called with the number of tokens coded so far, or None.
+
+    Returns:
+        A :class:`Summary`: the model's bits, the quantised model's, the payload's, the
+        file's size and the bound.
+    """
     constriction = coder("crossent text compress")
     tokens = lm.tokenize(text)
     encoder = constriction.stream.queue.RangeEncoder()
@@ -131,8 +153,16 @@ def decompress(
     stride: int | None = None,
     on_progress: Progress | None = None,
 ) -> bytes:
-    """The text coded in the file at ``path``, decoded under ``lm``; ``context``/``stride``
-    None take the file's (given, they must be the file's)."""
+    """The bytes coded in the file at ``path``, decoded under ``lm``: the same bytes that were
+    compressed, or a ValueError (another model, context or stride, a damaged file, or
+    distributions not bit-identical to the compressing machine's), never other text.
+
+    Args:
+        path: a file written by :func:`compress`.
+        lm: the model it was compressed with.
+        context, stride: None takes the file's; given, they must be the file's.
+        on_progress: called with the number of tokens decoded so far, or None.
+    """
     constriction = coder("crossent text decompress")
     header, words = read(path)
     name = repr(os.fspath(path))

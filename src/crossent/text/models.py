@@ -197,8 +197,19 @@ class _ByteStepper(Stepper):
 def load(path: str | os.PathLike[str], device: str | None = None) -> LanguageModel:
     """The model in the folder ``path``: a crossent byte model or a Hugging Face causal LM.
 
-    ``device`` ("cpu", "cuda", …; None: a GPU if there is one) is where a Hugging Face model
-    runs; the byte model computes on the CPU.
+    Args:
+        path: a folder written by ``crossent text train`` (``crossent-text-model.json``), or a
+            local Hugging Face model folder that ``AutoModelForCausalLM`` loads, with its
+            tokenizer; nothing is downloaded.
+        device: where a Hugging Face model runs ("cpu", "cuda", …; None: a GPU if there is
+            one); the byte model computes on the CPU, in integers.
+
+    Returns:
+        A :class:`LanguageModel`: ``.tokenize(text)``, ``.token_bits(tokens, reading)`` (bits
+        of each token, −log2 q(y_i | y_<i)), ``.reading(context, stride)``, ``.fingerprint()``.
+
+    A folder that is neither kind, or a Hugging Face model that is not a causal LM, is a
+    ValueError naming the folder. docs/text.md ("In Python") has an example that runs.
     """
     folder = Path(path)
     if not folder.is_dir():

@@ -103,8 +103,20 @@ def score(
     on_progress: Progress | None = None,
     compressors: bool = True,
 ) -> TextScore:
-    """Score ``text`` under ``lm`` read as ``reading``; with the yardsticks' sizes if
-    ``compressors``."""
+    """The bits of ``text`` under ``lm``: Σ_i −log2 q(y_i | y_<i) over its tokens.
+
+    Args:
+        text: from :func:`crossent.text.source.read_text`.
+        lm: from :func:`crossent.text.models.load`.
+        reading: ``lm.reading(context, stride)``: the context length and, for a Hugging Face
+            model, the stride of the sliding windows.
+        on_progress: called with the number of tokens scored so far, or None.
+        compressors: also measure gzip -9, bzip2 -9, xz -9 and zstd -19 on the same bytes.
+
+    Returns:
+        A :class:`TextScore`; ``.to_dict(base=2)`` gives total bits, bits per byte, token and
+        character, and perplexity per token (``base=math.e``: nats).
+    """
     tokens = lm.tokenize(text)
     bits = lm.token_bits(tokens, reading, on_progress)
     found = yardsticks(text.data) if compressors else []

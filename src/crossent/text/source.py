@@ -48,5 +48,20 @@ class Text:
 
 
 def read_text(path: str | os.PathLike[str]) -> Text:
-    """The checked text of the file at ``path`` (a folder or a missing file is an OSError)."""
+    """The checked text of the file at ``path``: its bytes, and the text they are in UTF-8.
+
+    Args:
+        path: a text file. An empty file, a binary one (a NUL byte) or bytes that are not
+            UTF-8 are a ValueError naming the file and the offset; a folder or a missing file
+            is an OSError.
+
+    >>> import tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = Path(folder.name) / "café.txt"
+    >>> _ = path.write_text("café", encoding="utf-8")
+    >>> text = read_text(path)
+    >>> len(text.data), len(text.text)   # bits per byte count bytes, per character characters
+    (5, 4)
+    >>> folder.cleanup()
+    """
     return Text.of(Path(path).read_bytes(), repr(os.fspath(path)))

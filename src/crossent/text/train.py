@@ -130,12 +130,24 @@ def train(
     options: TrainOptions,
     on_step: Callable[[int, float, float], None] | None = None,
 ) -> Trained:
-    """Fit a byte model to ``corpus`` (uint8 bytes); measure it on ``held_out`` as it goes.
+    """Fit a byte model to ``corpus`` by Adam on its cross entropy in bits per byte
+    (:func:`crossent.torch.cross_entropy` with ``base=2``); measure it on ``held_out`` as it
+    goes.
 
-    ``on_step(step, seconds, bits)`` is called after each step with the minibatch's bits per
-    byte. The history has one entry per evaluation: ``seconds``, ``step``, ``bytes_seen``,
-    ``train_bits_per_byte`` (mean over the steps since the last one) and, with held-out text,
-    ``held_out_bits_per_byte`` (float network; the rounded one scores within 1e-3 of it).
+    Args:
+        corpus: the training text, a ``uint8`` array of bytes.
+        held_out: text to measure (and, with ``options.keep_best``, to choose) the model on,
+            or None.
+        config: the model's shape: features, embedding width, hidden units.
+        options: how long and how to train (steps or minutes, batch, learning rate, seed).
+        on_step: called as ``on_step(step, seconds, bits)`` after each step with the
+            minibatch's bits per byte, or None.
+
+    Returns:
+        A :class:`Trained`: the integer model, and a history with one entry per evaluation:
+        ``seconds``, ``step``, ``bytes_seen``, ``train_bits_per_byte`` (mean over the steps
+        since the last one) and, with held-out text, ``held_out_bits_per_byte`` (float
+        network; the rounded one scores within 1e-3 of it).
     """
     torch.manual_seed(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
