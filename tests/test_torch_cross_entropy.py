@@ -217,6 +217,20 @@ def test_low_precision_spatial_logits_get_each_elements_upstream(reduction: str)
     assert (ours[1].double() - truth[1]).abs().max() <= 2**-7 * truth[1].abs().max()
 
 
+def test_double_backward_of_spatial_logits_with_an_upstream_per_element() -> None:
+    # (N, C, d) logits, reduction="none": the backward that is itself differentiated takes
+    # one upstream number per element (N, d), as F.cross_entropy does
+    logits, index, _, _ = problem((4, 6, 3), torch.float64, seed=6)
+    upstream = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    results = []
+    for fn in (cross_entropy, F.cross_entropy):
+        x = logits.detach().clone().requires_grad_(True)
+        loss = fn(x, index.clamp(min=0), reduction="none")
+        (grad,) = torch.autograd.grad((loss * upstream).sum(), x, create_graph=True)
+        results.append((grad, torch.autograd.grad(grad.pow(2).sum(), x)[0]))
+    torch.testing.assert_close(results[0], results[1])
+
+
 def test_inplace_backward_writes_the_gradient_over_the_logits() -> None:
     logits, index, _, _ = problem((5, 7), torch.float32)
     expected = value_and_grad(cross_entropy, logits, index, reduction="none")

@@ -212,6 +212,21 @@ def test_bfloat16_loss_is_float32_and_no_worse_than_eager() -> None:
         assert my_error <= (theirs.double() - exact).norm() / exact.norm() + 2e-3
 
 
+def test_bfloat16_gradients_kept_for_a_second_backward() -> None:
+    """Gradients made in the forward are multiplied by the upstream into new tensors on the
+    CPU: a second backward (retain_graph) scales the saved ones again, not already-scaled
+    ones, so it adds exactly what the first added."""
+    hidden, weight, _bias, labels = head(64, 16, 40, seed=6)
+    low = [t.detach().bfloat16().requires_grad_() for t in (hidden, weight)]
+    loss = linear_cross_entropy(low[0], low[1], labels, reduction="sum")
+    loss.backward(torch.tensor(3.0), retain_graph=True)
+    first = [t.grad.clone() for t in low]
+    loss.backward(torch.tensor(3.0))
+    for once, tensor in zip(first, low, strict=True):
+        assert once.abs().max() > 0
+        torch.testing.assert_close(tensor.grad, 2 * once)
+
+
 def test_weight_gradient_summed_in_float32_beats_summing_in_bfloat16() -> None:
     """Many chunks of bfloat16 gradient summed in bfloat16 lose precision (the divergence in
     docs/prior-art.md §2); the float32 default does not."""
