@@ -12,7 +12,8 @@ import torch
 from crossent.classifier import model as saved_model
 from crossent.classifier.data import bundled, split
 from crossent.classifier.model import ModelCard, SoftmaxClassifier, standardisation
-from crossent.classifier.train import OBJECTIVES, SGDOptions, objective_nats, train
+from crossent.classifier.options import OBJECTIVES
+from crossent.classifier.train import SGDOptions, objective_nats, train
 
 
 def build(hidden: list[int], seed: int = 0) -> tuple[SoftmaxClassifier, np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ message names the extra to install.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -39,6 +40,26 @@ class MissingExtraError(ModuleNotFoundError):
         """The error for ``user`` (what needs it), missing ``module``, installed by ``extra``."""
         message = f"{user} needs {module}, which is not installed: pip install 'crossent[{extra}]'"
         return cls(message, name=module)
+
+
+def absent(extra: str) -> str | None:
+    """The first module that ``extra`` installs and this Python lacks, found without importing
+    anything (``None`` where every one is there).
+
+    >>> absent("no such extra") is None
+    True
+    """
+    for module, its_extra in EXTRAS.items():
+        if its_extra == extra and not _installed(module):
+            return module
+    return None
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # sys.modules[module] is None: imports of it are blocked
+        return False
 
 
 def optional_module(error: ImportError) -> str | None:

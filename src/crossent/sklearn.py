@@ -35,8 +35,9 @@ with needs("crossent.sklearn"):
     from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
     from crossent.classifier.data import LabelledData
+    from crossent.classifier.options import SGDOptions
     from crossent.classifier.run import untrained
-    from crossent.classifier.train import SGDOptions, train
+    from crossent.classifier.train import train
 
 __all__ = ["SoftmaxClassifier", "neg_nll_bits", "nll_bits"]
 

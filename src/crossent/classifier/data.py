@@ -29,8 +29,8 @@ import pyarrow.parquet as pq
 
 from crossent._files import atomic_path
 from crossent.classifier._locate import expected, explain_csv, first_failing, row_number
+from crossent.classifier.options import BUNDLED
 
-BUNDLED = ("iris", "wine", "digits", "breast_cancer")
 _SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 BLOCK_BYTES = 1 << 20  # read at a time; pyarrow's CSV reader holds up to 33 blocks
 _LONGEST_FIRST_ROW = 1 << 28  # bytes of the first rows read to size the blocks

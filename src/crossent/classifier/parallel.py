@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 
 from crossent.classifier.model import SoftmaxClassifier
-from crossent.classifier.train import EpochCallback, History, SGDOptions, Step, train
-
-STALL_TIMEOUT = 30.0  # seconds without a step of some rank before it is named as hung
+from crossent.classifier.options import STALL_TIMEOUT, SGDOptions
+from crossent.classifier.train import EpochCallback, History, Step, train
 
 
 def train_data_parallel(

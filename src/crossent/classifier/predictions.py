@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -29,9 +28,7 @@ from crossent.classifier.data import (
 )
 from crossent.classifier.evaluate import Report, Scorecard
 from crossent.classifier.model import SoftmaxClassifier
-
-Layout = Literal["probs", "log-probs"]
-LAYOUTS: tuple[Layout, ...] = ("probs", "log-probs")
+from crossent.classifier.options import LAYOUTS, Layout
 
 
 def prediction_batch(

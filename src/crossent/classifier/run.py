@@ -27,9 +27,10 @@ from crossent.classifier import model as saved_model
 from crossent.classifier.data import LabelledData, split, write_table
 from crossent.classifier.evaluate import Report, Scorecard, logistic_regression_reference
 from crossent.classifier.model import ModelCard, SoftmaxClassifier, standardisation
-from crossent.classifier.parallel import STALL_TIMEOUT, train_data_parallel
+from crossent.classifier.options import STALL_TIMEOUT, SGDOptions
+from crossent.classifier.parallel import train_data_parallel
 from crossent.classifier.predictions import prediction_batch
-from crossent.classifier.train import EpochCallback, History, SGDOptions, Step, train
+from crossent.classifier.train import EpochCallback, History, Step, train
 
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"

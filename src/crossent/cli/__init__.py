@@ -29,10 +29,8 @@ from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import Any, NoReturn
 
-from rich.console import Console
-
 import crossent
-from crossent._extras import EXTRAS, optional_module
+from crossent._extras import EXTRAS, absent, optional_module
 from crossent._files import OutputError
 from crossent.cli import _completion, _stdio
 
@@ -49,6 +47,7 @@ _EXTRA = {
     "text train": "text",
 }
 """The extra that installs everything a command needs, where the core install does not."""
+_INCLUDES = {"compress": ("classifier",)}  # pip install 'crossent[compress]' brings [classifier]
 _USERS_CHOICE = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR}
 _STOPPING = ("SIGTERM", "SIGHUP")  # signals that stop a command cleanly (no SIGHUP on Windows)
 
@@ -93,9 +92,13 @@ def _add_quiet(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_command(commands: Any, name: str) -> None:
-    """The command's parser; where its module misses an optional dependency, a parser that
-    takes any arguments and reports the missing extra when run."""
+    """The command's parser; where its extra misses an optional dependency, a parser that
+    takes any arguments and reports the missing extra when run. The command modules import
+    only what their parsers need: a command imports torch, pyarrow and the rest when it runs."""
     try:
+        absent = _absent_module(name)
+        if absent is not None:
+            raise ModuleNotFoundError(f"No module named {absent!r}", name=absent)
         module = importlib.import_module(f"crossent.cli.{name}")
     except ModuleNotFoundError as error:
         missing = optional_module(error)
@@ -111,6 +114,14 @@ def _add_command(commands: Any, name: str) -> None:
         parser.set_defaults(run=functools.partial(_reraise, error))
     else:
         module.add_parser(commands)
+
+
+def _absent_module(command: str) -> str | None:
+    """The first optional module that ``command``'s extra installs and this Python lacks,
+    found without importing anything (the command modules import them only when they run)."""
+    extra = _EXTRA.get(command)
+    wanted = (*_INCLUDES.get(extra, ()), extra) if extra else ()
+    return next((module for module in map(absent, wanted) if module is not None), None)
 
 
 def _reraise(error: ModuleNotFoundError, *_: Any) -> NoReturn:
@@ -135,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``crossent``; a failure ends with a one-line error on stderr and its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from rich.console import Console
+
     # data on standard output: what the command says to a person goes to standard error
     console = Console(
         highlight=False,

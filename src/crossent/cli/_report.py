@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
-from crossent.classifier.evaluate import Report
+if TYPE_CHECKING:
+    from crossent.classifier.evaluate import Report
 
 _MOST_CLASSES = 20
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
-
-from crossent.classifier.data import check_columns, encode_labels
-from crossent.cli import _labels
 from crossent.cli._output import add_force, add_json, claimed_file, claimed_json, write_json
 from crossent.cli._stdio import is_stdio
-from crossent.coding.labels import Summary, compress, recognise
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from crossent.coding.labels import Summary
 
 
 def add_parser(commands: Any) -> None:
@@ -43,6 +43,10 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> None:
+    from crossent.classifier.data import check_columns, encode_labels
+    from crossent.cli import _labels
+    from crossent.coding.labels import compress, recognise
+
     output = claimed_file(
         args.output,
         force=args.force,
@@ -82,6 +86,8 @@ def numbers(summary: Summary) -> dict[str, Any]:
 
 def report(summary: Summary, path: str) -> Table:
     """The sizes side by side: what the model says the labels cost, what they did cost."""
+    from rich.table import Table
+
     n = summary.labels
     table = Table(
         title=f"{n:,} labels of {summary.classes:,} classes → {path}", title_justify="left"

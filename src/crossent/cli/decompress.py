@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pyarrow as pa
-from rich.console import Console
-
-from crossent.classifier.data import file_kind, recognise_table, write_table
-from crossent.cli import _labels
 from crossent.cli._output import add_force, claimed_file
 from crossent.cli._stdio import is_stdio
-from crossent.coding.labels import decompress
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def add_parser(commands: Any) -> None:
@@ -42,6 +38,13 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from crossent.classifier.data import file_kind, recognise_table, write_table
+    from crossent.cli import _labels
+    from crossent.coding.labels import decompress
+
     if not is_stdio(args.output):
         file_kind(args.output)
     output = claimed_file(

@@ -5,17 +5,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-from rich.console import Console
-
-from crossent.classifier import model as saved_model
-from crossent.classifier.data import file_kind, recognise_table, stream, write_batches
-from crossent.classifier.predictions import LAYOUTS, predict_batches
+from crossent.classifier.options import LAYOUTS
 from crossent.cli._output import add_force, claimed_file
 from crossent.cli._progress import file_progress
 from crossent.cli._stdio import STDIN_NAME, is_stdio, readable
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def add_parser(commands: Any) -> None:
@@ -53,6 +51,12 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> None:
+    import pyarrow as pa
+
+    from crossent.classifier import model as saved_model
+    from crossent.classifier.data import file_kind, recognise_table, stream, write_batches
+    from crossent.classifier.predictions import predict_batches
+
     model = saved_model.load(args.run_folder)
     card = model.card
     types = {**dict.fromkeys(card.feature_names, pa.float64()), card.target: pa.string()}

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-
-from crossent.classifier.predictions import LAYOUTS, score_file
+from crossent.classifier.options import LAYOUTS
 from crossent.cli._output import add_force, add_json, claimed_json, write_json
 from crossent.cli._progress import file_progress
-from crossent.cli._report import print_report
 from crossent.cli._stdio import STDIN_NAME, is_stdio, readable
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def add_parser(commands: Any) -> None:
@@ -58,6 +58,9 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> None:
+    from crossent.classifier.predictions import score_file
+    from crossent.cli._report import print_report
+
     name = STDIN_NAME if is_stdio(args.predictions) else str(args.predictions)
     with (
         claimed_json(args.json, force=args.force) as temporary,

@@ -8,18 +8,18 @@ import datetime
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typing import TYPE_CHECKING, Any
 
 from crossent._files import OutputTaken
-from crossent.classifier import run as runs
-from crossent.classifier.data import BUNDLED, LabelledData, bundled, labelled, read_table
-from crossent.classifier.parallel import STALL_TIMEOUT, torchrun_rank
-from crossent.classifier.train import OBJECTIVES, SCHEDULES, History, SGDOptions
+from crossent.classifier.options import BUNDLED, OBJECTIVES, SCHEDULES, STALL_TIMEOUT, SGDOptions
 from crossent.cli._output import FORCE_HELP, add_json, claimed_json, write_json
-from crossent.cli._report import print_report
+
+if TYPE_CHECKING:  # imported where they run: `crossent train --help` imports no torch
+    from rich.console import Console
+
+    from crossent.classifier import run as runs
+    from crossent.classifier.data import LabelledData
+    from crossent.classifier.train import History
 
 _DEFAULTS = SGDOptions()
 MAX_PROCESSES = 256
@@ -126,6 +126,8 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> None:
+    from crossent.classifier.parallel import torchrun_rank
+
     rank = torchrun_rank()
     if rank is None:
         _train(args, console, rank)
@@ -138,6 +140,8 @@ def run(args: argparse.Namespace, console: Console) -> None:
     import torch.distributed as dist
 
     # a rank waiting longer than --timeout in a collective fails, and torchrun stops the others
+    from rich.console import Console
+
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=args.timeout))
     try:
         _train(args, console if rank == 0 else Console(quiet=True), rank)
@@ -148,6 +152,9 @@ def run(args: argparse.Namespace, console: Console) -> None:
 def _train(args: argparse.Namespace, console: Console, rank: int | None) -> None:
     """Train and write the run; as one rank of torchrun's processes when ``rank`` is set,
     where rank 0 alone writes the run folder and reports."""
+    from crossent.classifier import run as runs
+    from crossent.cli._report import print_report
+
     lead = rank in (None, 0)
     data = _load(args)
     options = SGDOptions(
@@ -187,6 +194,8 @@ def _fit(
     options: SGDOptions,
 ) -> runs.Run:
     """The training itself, with a progress bar per epoch."""
+    from crossent.classifier import run as runs
+
     console.print(
         f"training on {data.source}: {len(data.labels):,} rows, "
         f"{len(data.feature_names)} features, {len(data.classes)} classes"
@@ -213,6 +222,8 @@ def _fit(
 def _run_folder(args: argparse.Namespace) -> Iterator[tuple[Path, Path]]:
     """Claim the run folder: ``--out``, or runs/NAME-TIMESTAMP (then -2, -3, … if another
     run took it in the same second); yield it and the temporary folder to write."""
+    from crossent.classifier import run as runs
+
     if args.out is not None:
         with runs.claim(args.out, replace=args.force) as temporary:
             yield args.out, temporary
@@ -232,6 +243,8 @@ def _run_folder(args: argparse.Namespace) -> Iterator[tuple[Path, Path]]:
 
 
 def _load(args: argparse.Namespace) -> LabelledData:
+    from crossent.classifier.data import bundled, labelled, read_table
+
     if args.data is None:
         if args.target is not None:
             raise ValueError("`--target` names a column of DATA; give DATA or leave it out")
@@ -284,6 +297,14 @@ class _EpochBars:
     """One progress bar per epoch, with the running training loss in bits per example."""
 
     def __init__(self, console: Console, epochs: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self.epochs = epochs
         self.progress = Progress(
             TextColumn("{task.description}"),
