@@ -276,6 +276,31 @@ def from_float(config: ByteConfig, parameters: dict[str, np.ndarray]) -> ByteMod
     return ByteModel(config, arrays)
 
 
+def uniform(config: ByteConfig | None = None) -> ByteModel:
+    """The byte model that knows nothing: every weight 0, so each byte gets q = 1/256 and costs
+    exactly 8 bits whatever came before it. The baseline a trained model's bits are read
+    against.
+
+    Args:
+        config: its shape; default the smallest (context order 1, match order 4).
+
+    >>> u = uniform().text_weights(np.frombuffer(b"abc", np.uint8), 0, 3)
+    >>> u.shape, bool((u == u[0, 0]).all())  # one weight for every byte: q = 1/256
+    ((3, 256), True)
+    """
+    if config is None:
+        config = ByteConfig(FeatureSpec((1,), 4, (4,), 16), width=1, hidden=1)
+    outputs = NONE + len(config.spec.matches)
+    zeros = {
+        "embeddings": np.zeros((sum(config.table_rows), config.width)),
+        "w1": np.zeros((config.inputs, config.hidden)),
+        "b1": np.zeros(config.hidden),
+        "w2": np.zeros((config.hidden, outputs)),
+        "b2": np.zeros(outputs),
+    }
+    return from_float(config, zeros)
+
+
 def recognise(folder: Path) -> str | None:
     """None if ``folder`` is a byte-model folder of ``crossent text train`` (which ``--force``
     may replace): its card and weights, and nothing but what training writes."""

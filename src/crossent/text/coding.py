@@ -108,6 +108,21 @@ def compress(
     Returns:
         A :class:`Summary`: the model's bits, the quantised model's, the payload's, the
         file's size and the bound.
+
+    >>> import tempfile
+    >>> from crossent.text import byte_model, models, source
+    >>> scratch = tempfile.TemporaryDirectory()
+    >>> folder = Path(scratch.name)
+    >>> byte_model.uniform().save(folder, training={})  # q = 1/256: 8 bits a byte
+    >>> _ = (folder / "t.txt").write_text("hello, world")
+    >>> lm = models.load(folder)
+    >>> text, reading = source.read_text(folder / "t.txt"), lm.reading(None, None)
+    >>> summary = compress(folder / "t.xent", lm, text, reading)
+    >>> summary.model_bits, summary.payload_bits <= summary.bound_bits
+    (96.0, True)
+    >>> decompress(folder / "t.xent", lm)
+    b'hello, world'
+    >>> scratch.cleanup()
     """
     constriction = coder("crossent text compress")
     tokens = lm.tokenize(text)
@@ -162,6 +177,8 @@ def decompress(
         lm: the model it was compressed with.
         context, stride: None takes the file's; given, they must be the file's.
         on_progress: called with the number of tokens decoded so far, or None.
+
+    :func:`compress`'s example decodes the file it writes.
     """
     constriction = coder("crossent text decompress")
     header, words = read(path)

@@ -209,7 +209,15 @@ def load(path: str | os.PathLike[str], device: str | None = None) -> LanguageMod
         of each token, −log2 q(y_i | y_<i)), ``.reading(context, stride)``, ``.fingerprint()``.
 
     A folder that is neither kind, or a Hugging Face model that is not a causal LM, is a
-    ValueError naming the folder. docs/text.md ("In Python") has an example that runs.
+    ValueError naming the folder. docs/text.md ("In Python") trains and loads a real one.
+
+    >>> import tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> byte_model.uniform().save(Path(folder.name), training={})  # 8 bits for every byte
+    >>> lm = load(folder.name)
+    >>> lm.kind, lm.vocab, lm.reading(None, None).context
+    ('crossent byte model', 256, 16)
+    >>> folder.cleanup()
     """
     folder = Path(path)
     if not folder.is_dir():

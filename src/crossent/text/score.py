@@ -116,6 +116,19 @@ def score(
     Returns:
         A :class:`TextScore`; ``.to_dict(base=2)`` gives total bits, bits per byte, token and
         character, and perplexity per token (``base=math.e``: nats).
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from crossent.text import byte_model, models, source
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> byte_model.uniform().save(Path(folder.name), training={})  # q = 1/256 for every byte
+    >>> _ = (Path(folder.name) / "t.txt").write_text("naïve")  # 5 characters, 6 bytes
+    >>> lm = models.load(folder.name)
+    >>> found = score(source.read_text(Path(folder.name) / "t.txt"), lm, lm.reading(None, None),
+    ...               compressors=False).to_dict()
+    >>> found["total_bits"], found["bits_per_byte"], found["bits_per_character"]
+    (48.0, 8.0, 9.6)
+    >>> folder.cleanup()
     """
     tokens = lm.tokenize(text)
     bits = lm.token_bits(tokens, reading, on_progress)
