@@ -33,7 +33,7 @@ BIN = Path(sys.executable).parent
 # selection takes seconds: it runs once per mutant, up to its first failure)
 MODULES: dict[str, tuple[list[str], str]] = {
     "measures.py": (["test_measures_reference.py", "test_measures_identities.py",
-                     "test_edge_cases.py", "test_gradients.py"], ""),
+                     "test_measures_errors.py", "test_edge_cases.py", "test_gradients.py"], ""),
     "_checks.py": (["test_checks.py", "test_edge_cases.py", "test_measures_reference.py"], ""),
     "_ops.py": (["test_gradients.py", "test_edge_cases.py", "test_measures_identities.py"], ""),
     "torch/_spec.py": (["test_torch_errors.py", "test_torch_cross_entropy.py"], ""),
