@@ -62,6 +62,12 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     ("target and model of other shapes",
      lambda: crossent.cross_entropy(target_logits=[0.0, 0.0], pred_probs=[0.2, 0.3, 0.5]),
      ValueError, "`target_logits` must have the shape of `pred_probs`: (3,); got (2,)"),
+    ("text for probabilities", lambda: crossent.entropy(probs="abc"), TypeError,
+     "`probs` must be an array of numbers; got dtype <U3"),
+    ("text for labels", lambda: crossent.nll(target_index="x", pred_probs=HALF), TypeError,
+     "`target_index` must be an array of numbers; got dtype <U1"),
+    ("no distribution", lambda: crossent.entropy(), TypeError,
+     "pass exactly one of `probs=`, `log_probs=`, `logits=` for the distribution; got none"),
     ("a mean of nothing", lambda: crossent.entropy(probs=np.zeros((0, 2)), reduction="mean"),
      ValueError, "`reduction='mean'` needs at least one distribution; got none (the "
      "distributions have shape (0,))"),
