@@ -135,3 +135,30 @@ def test_bad_inputs() -> None:
         huffman_code([1.5, -0.5])
     with pytest.raises(ValueError, match="one entry per outcome; got 2, 2 and 3"):
         code_cost(["0", "1"], [0.5, 0.5], [0.2, 0.3, 0.5])
+    with pytest.raises(
+        ValueError, match=r"^`names` must give one name per code word; got 1 and 2$"
+    ):
+        questions(["0", "1"], ["a"])
+
+
+def test_the_questions_word_for_word() -> None:
+    # after the answers s, "is it one of those whose word starts with s + '1'?"
+    asked = questions(["0", "10", "110", "111", None], ["a", "b", "c", "d", "e"])
+    assert asked == [
+        [("one of {b, c, d}?", False)],
+        [("one of {b, c, d}?", True), ("one of {c, d}?", False)],
+        [("one of {b, c, d}?", True), ("one of {c, d}?", True), ("d?", False)],
+        [("one of {b, c, d}?", True), ("one of {c, d}?", True), ("d?", True)],
+        [],  # no code word: never asked about
+    ]
+
+
+def test_sampling_is_seeded_and_says_how_many() -> None:
+    f, g = [0.5, 0.25, 0.25], [0.25, 0.25, 0.5]
+    words = huffman_code(f)
+    first = code_cost(words, f, g, samples=500)
+    assert first.samples == 500
+    assert (
+        first == code_cost(words, f, g, samples=500) == code_cost(words, f, g, samples=500, seed=0)
+    )
+    assert first.measured != code_cost(words, f, g, samples=500, seed=1).measured

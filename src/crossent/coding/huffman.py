@@ -190,6 +190,10 @@ def questions(words: Words, names: Sequence[str]) -> list[list[tuple[str, bool]]
     ...  for asked in questions(['0', '10', '11'], ['a', 'b', 'c'])][2]
     ['one of {b, c}? yes', 'c? yes']
     """
+    if len(names) != len(words):
+        raise ValueError(
+            f"`names` must give one name per code word; got {len(names)} and {len(words)}"
+        )
     asked: list[list[tuple[str, bool]]] = []
     for word in words:
         steps: list[tuple[str, bool]] = []
