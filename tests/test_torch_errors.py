@@ -3,10 +3,12 @@ argument, the rule and the value."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,3 +111,77 @@ def test_split_losses_without_a_process_group_say_how_to_make_one() -> None:
 
     with pytest.raises(RuntimeError, match=r"call torch.distributed.init_process_group first"):
         vocab_parallel_cross_entropy(X, Y)
+
+
+# ---- the one specification of the options (crossent/torch/_spec.py) ----
+
+
+def test_options_are_kept_as_the_plain_numbers_they_mean() -> None:
+    """Whatever number types come in (NumPy's, ints), the spec keeps Python ints and floats:
+    one canonical value per option, so equal options are equal."""
+    from crossent.torch._spec import LossOptions
+
+    options = LossOptions.of(None, np.int64(3), 0, np.float32(0.5), 5, "mean", 2)
+    values = (options.ignore_index, options.label_smoothing, options.z_loss, options.softcap)
+    assert [type(v) for v in (*values, options.base)] == [int, float, float, float, float]
+    assert (options.ignore_index, options.z_loss, options.softcap, options.base) == (
+        3,
+        0.5,
+        5.0,
+        2.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"z_loss": "a"}, "`z_loss` must be a real number; got 'a'"),
+        ({"softcap": "a"}, "`softcap` must be a real number; got 'a'"),
+        ({"label_smoothing": [0.1]}, "`label_smoothing` must be a real number; got [0.1]"),
+        ({"ignore_index": [1]}, "`ignore_index` must be an integer; got [1]"),
+    ],
+    ids=["z_loss", "softcap", "unhashable label_smoothing", "unhashable ignore_index"],
+)
+def test_each_option_is_named_when_it_is_not_a_number(options: dict, message: str) -> None:
+    # an unhashable value cannot go through the cache of checked options: it is checked
+    # (and refused) by the same rule, not reported as "unhashable type"
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+        cross_entropy(X, Y, **options)
+
+
+def test_the_ends_of_the_option_ranges_are_accepted() -> None:
+    assert torch.isfinite(cross_entropy(X, Y, label_smoothing=1.0))  # all mass spread
+    assert torch.isfinite(cross_entropy(X, Y, softcap=0.5))  # any cap > 0
+
+
+def test_class_weights_are_checked_when_options_are_made() -> None:
+    from crossent.torch._spec import LossOptions
+
+    with pytest.raises(TypeError, match=r"^`weight` must be a 1-D floating-point tensor"):
+        LossOptions(torch.tensor([[1.0, 2.0]]))
+
+
+def test_probability_targets_refuse_an_ignore_index_word_for_word() -> None:
+    message = (
+        "`ignore_index` is not supported with probability targets (no example's target is a "
+        "class); got ignore_index=0"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        cross_entropy(X, torch.softmax(X, dim=1), ignore_index=0)
+
+
+def test_the_option_docs_are_filled_in_every_loss() -> None:
+    from crossent.torch import CrossEntropyLoss, LinearCrossEntropy
+    from crossent.torch._spec import OPTIONS_DOC
+
+    for documented in (cross_entropy, linear_cross_entropy, CrossEntropyLoss, LinearCrossEntropy):
+        doc = documented.__doc__ or ""
+        assert "{options}" not in doc
+        assert OPTIONS_DOC in doc, documented
+
+
+def test_legacy_reduction_arguments_warn_at_the_callers_line() -> None:
+    here = inspect.currentframe().f_lineno  # type: ignore[union-attr]
+    with pytest.warns(UserWarning, match=r"please use reduction='sum' instead") as caught:
+        cross_entropy(X, Y, size_average=False)  # two lines below `here`
+    assert (caught[0].filename, caught[0].lineno) == (__file__, here + 2)
