@@ -139,8 +139,18 @@ def test_options_are_kept_as_the_plain_numbers_they_mean() -> None:
         ({"softcap": "a"}, "`softcap` must be a real number; got 'a'"),
         ({"label_smoothing": [0.1]}, "`label_smoothing` must be a real number; got [0.1]"),
         ({"ignore_index": [1]}, "`ignore_index` must be an integer; got [1]"),
+        ({"z_loss": [0.1]}, "`z_loss` must be a real number; got [0.1]"),
+        ({"softcap": [1.0]}, "`softcap` must be a real number; got [1.0]"),
+        ({"base": [2]}, "`base` must be a real number such as 2 (bits) or math.e (nats); got [2]"),
     ],
-    ids=["z_loss", "softcap", "unhashable label_smoothing", "unhashable ignore_index"],
+    ids=[
+        "z_loss",
+        "softcap",
+        *(
+            f"unhashable {name}"
+            for name in ("label_smoothing", "ignore_index", "z_loss", "softcap", "base")
+        ),
+    ],
 )
 def test_each_option_is_named_when_it_is_not_a_number(options: dict, message: str) -> None:
     # an unhashable value cannot go through the cache of checked options: it is checked
