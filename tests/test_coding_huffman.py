@@ -162,3 +162,12 @@ def test_sampling_is_seeded_and_says_how_many() -> None:
         first == code_cost(words, f, g, samples=500) == code_cost(words, f, g, samples=500, seed=0)
     )
     assert first.measured != code_cost(words, f, g, samples=500, seed=1).measured
+
+
+def test_sampling_takes_the_outcomes_as_normalised() -> None:
+    # a g that sums to 1 within the measures' tolerance (not within NumPy's 1e-8) is sampled
+    # as g / Σ g
+    f, g = [0.5, 0.25, 0.25], [0.25, 0.25, 0.5 + 1e-5]
+    cost = code_cost(huffman_code(f), f, g, samples=2_000, seed=3)
+    assert cost.measured is not None
+    assert abs(cost.measured - cost.expected) < 0.1
