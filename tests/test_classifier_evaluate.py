@@ -68,9 +68,27 @@ def test_decomposition_adds_up_and_batches_do_not_matter(
     assert total == pytest.approx(whole.mean_nll_bits, rel=1e-9, abs=1e-12)
     assert whole.resolution_bits >= -1e-12  # Σ w_b D(π_b ‖ π̄) ≥ 0
     assert whole.resolution_bits <= whole.uncertainty_bits + 1e-12
-    for field in ("mean_nll_bits", "resolution_bits", "reliability_bits", "ece", "accuracy"):
-        assert getattr(parts, field) == pytest.approx(getattr(whole, field), rel=1e-9, abs=1e-12)
-    assert [c.count for c in parts.per_class] == [c.count for c in whole.per_class]
+    # every figure of the report, per class and per bin too, whatever the batches
+    got, expected = flat(parts.to_dict()), flat(whole.to_dict())
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        if isinstance(value, float):
+            assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+        else:
+            assert got[key] == value, key
+
+
+def flat(found: object, path: str = "") -> dict[str, object]:
+    """A report's nested dicts and lists as one dict of leaves, keyed by their path."""
+    if isinstance(found, dict):
+        return {
+            k: v for key, value in found.items() for k, v in flat(value, f"{path}.{key}").items()
+        }
+    if isinstance(found, list):
+        return {
+            k: v for i, value in enumerate(found) for k, v in flat(value, f"{path}[{i}]").items()
+        }
+    return {path: found}
 
 
 def test_decomposition_against_an_explicit_binned_computation() -> None:
@@ -166,3 +184,28 @@ def test_the_reference_minimises_sgds_objective_for_two_classes_and_more(classes
     assert offset.grad is not None
     assert float(weight.grad.abs().max()) < 1e-6
     assert float(offset.grad.abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize(("classes", "per_row"), [(3, 1.0), (2, 2.0)])
+def test_the_logistic_regression_reference_by_hand(classes: int, per_row: float) -> None:
+    """C = 1 / (N λ) for M > 2 and 2 / (N λ) for M = 2 (one weight vector for two softmax
+    rows); the held-out log loss over all M classes, also one the held-out rows lack."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((80, 3))
+    y = rng.integers(0, classes, 80)
+    held_x, held_y = x[60:], np.where(y[60:] == classes - 1, 0, y[60:])  # no row of the last
+    found = logistic_regression_reference((x[:60], y[:60]), (held_x, held_y), classes, 0.01)
+    strength = per_row / (60 * 0.01)
+    fitted = LogisticRegression(C=strength, max_iter=10_000).fit(x[:60], y[:60])
+    nats = log_loss(held_y, fitted.predict_proba(held_x), labels=range(classes))
+    assert found["C"] == pytest.approx(strength, rel=1e-15)
+    assert found["mean_nll_nats"] == pytest.approx(nats, rel=1e-9)
+    assert found["mean_nll_bits"] == pytest.approx(nats / math.log(2), rel=1e-9)
+
+
+def test_no_weight_decay_is_an_unregularised_reference() -> None:
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((40, 2)), rng.integers(0, 3, 40)
+    assert logistic_regression_reference((x, y), (x, y), 3, 0.0)["C"] == math.inf
