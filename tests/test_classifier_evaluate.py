@@ -200,6 +200,7 @@ def test_the_logistic_regression_reference_by_hand(classes: int, per_row: float)
     strength = per_row / (60 * 0.01)
     fitted = LogisticRegression(C=strength, max_iter=10_000).fit(x[:60], y[:60])
     nats = log_loss(held_y, fitted.predict_proba(held_x), labels=range(classes))
+    assert found["model"] == "sklearn.linear_model.LogisticRegression (lbfgs, multinomial)"
     assert found["C"] == pytest.approx(strength, rel=1e-15)
     assert found["mean_nll_nats"] == pytest.approx(nats, rel=1e-9)
     assert found["mean_nll_bits"] == pytest.approx(nats / math.log(2), rel=1e-9)
@@ -209,3 +210,12 @@ def test_no_weight_decay_is_an_unregularised_reference() -> None:
     rng = np.random.default_rng(5)
     x, y = rng.standard_normal((40, 2)), rng.integers(0, 3, 40)
     assert logistic_regression_reference((x, y), (x, y), 3, 0.0)["C"] == math.inf
+
+
+def test_float32_predictions_are_scored_in_float64() -> None:
+    log_probs, labels = predictions(300, 5, seed=6)
+    narrow = log_probs.astype(np.float32)
+    exact = scored(narrow.astype(np.float64), labels, 5)
+    assert scored(narrow, labels, 5).total_nll_nats == pytest.approx(
+        exact.total_nll_nats, rel=1e-13
+    )
