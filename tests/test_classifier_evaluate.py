@@ -219,3 +219,39 @@ def test_float32_predictions_are_scored_in_float64() -> None:
     assert scored(narrow, labels, 5).total_nll_nats == pytest.approx(
         exact.total_nll_nats, rel=1e-13
     )
+
+
+def test_bins_and_classes_of_a_small_report_by_hand() -> None:
+    card = Scorecard(["a", "b"], bins=2)
+    q = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
+    card.update(np.log(q), np.array([0, 1, 1, 1]))
+    found = card.report().to_dict()
+    # top-label confidences 0.9, 0.6, 0.7, 0.8 all fall in [0.5, 1]; the top label is right
+    # for 3 of the 4
+    assert found["confidence_bins"] == [
+        {"low": 0.0, "high": 0.5, "count": 0, "confidence": None, "accuracy": None},
+        {"low": 0.5, "high": 1.0, "count": 4, "confidence": pytest.approx(0.75), "accuracy": 0.75},
+    ]
+    a, b = found["per_class"]
+    assert (a["count"], a["frequency"], a["recall"]) == (1, 0.25, 1.0)
+    assert (b["count"], b["frequency"], b["recall"]) == (3, 0.75, pytest.approx(2 / 3))
+    assert a["mean_nll_bits"] == pytest.approx(-math.log2(0.9))
+    assert b["mean_nll_bits"] == pytest.approx(-(math.log2(0.4 * 0.7 * 0.8)) / 3)
+    counts = [
+        a["count"],
+        b["count"],
+        found["examples"],
+        *(c["count"] for c in found["confidence_bins"]),
+    ]
+    assert all(type(count) is int for count in counts)  # counts, not floats, in the JSON
+    assert found["decomposition_bins"] == (
+        "top-label class × 2 equal-width intervals of top-label probability"
+    )
+
+
+def test_ten_bins_by_default_and_an_empty_card_says_so() -> None:
+    card = Scorecard(["a", "b"])
+    card.update(np.log([[0.5, 0.5]]), np.array([0]))
+    assert len(card.report().confidence_bins) == 10
+    with pytest.raises(ValueError, match=r"^nothing to score: no examples were given$"):
+        Scorecard(["a", "b"]).report()
