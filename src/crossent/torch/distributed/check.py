@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{sent:g} bytes sent into all-reduces per row by each rank"
             )
             print("OK" if worst <= TOLERANCE else f"FAILED: above the tolerance {TOLERANCE:g}")
+        # every rank is done with its collectives before any tears its group down: a rank
+        # whose peer had already exited could abort in gloo's teardown
+        dist.barrier()
         return 0 if worst <= TOLERANCE else 1
     finally:
         dist.destroy_process_group()
