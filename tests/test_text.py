@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from crossent.coding import _container as container
 from crossent.text import byte_model, coding, models, score
 from crossent.text.byte_model import ByteConfig
 from crossent.text.features import NONE, FeatureSpec, FeatureState, features
@@ -359,7 +360,7 @@ def test_damaged_files_are_refused(
 def _forged(packed: Path, target: Path, **changes: Any) -> Path:
     """The file with its header changed and its checksum made to match again."""
     header, words = coding.read(packed)
-    coding._write(target, {**header, **changes}, words)
+    container.write(target, coding.MAGIC, {**header, **changes}, words)
     return target
 
 

@@ -25,9 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import hashlib
-import json
 import os
-import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +35,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from crossent._extras import needs
-from crossent._files import atomic_path
+from crossent.coding import _container as container
+from crossent.coding._container import sha256_hex, whole
 from crossent.measures import entropy
 
 PRECISION = 24
@@ -45,8 +44,7 @@ FORMAT_VERSION = 1
 CODER = "constriction range coder, 24-bit"
 MAGIC = b"XENT\r\n\x1a\n"
 _TOTAL = 1 << PRECISION
-_CHECKSUM = 32  # bytes of SHA-256
-_HEX64 = frozenset("0123456789abcdef")
+_KIND = "compressed-labels"
 
 Weights = Callable[[int, int], np.ndarray]  # (start, stop) -> (stop - start, M) float64 weights
 _THREADS = min(4, os.cpu_count() or 1)
@@ -276,7 +274,7 @@ def compress(
         "labels_sha256": _labels_hash(labels),
         **identity,
     }
-    size = _write(Path(path), header, words)
+    size = container.write(Path(path), MAGIC, header, words)
     frequencies_of_labels = np.bincount(labels, minlength=classes) / len(labels)
     baseline = len(labels) * float(entropy(frequencies_of_labels))
     return Summary(len(labels), classes, nll, quantised, 32 * len(words), size, baseline)
@@ -409,99 +407,34 @@ def _decode(words: np.ndarray, weights: Weights, header: dict[str, Any], name: s
 
 def recognise(path: Path) -> str | None:
     """None if ``path`` is a compressed-labels file (which ``--force`` may replace)."""
-    with path.open("rb") as file:
-        start = file.read(len(MAGIC))
-    return None if start == MAGIC else "is not a crossent compressed-labels file"
+    return container.recognise(path, MAGIC, _KIND)
 
 
 def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], np.ndarray]:
     """The header and payload of a compressed-labels file, after checking its checksum and
     every field of its header."""
-    data = Path(path).read_bytes()
-    name = repr(os.fspath(path))
-    if not data.startswith(MAGIC):
-        raise ValueError(f"{name} is not a crossent compressed-labels file (wrong magic bytes)")
-    body, checksum = data[:-_CHECKSUM], data[-_CHECKSUM:]
-    if len(data) < len(MAGIC) + 4 + _CHECKSUM or hashlib.sha256(body).digest() != checksum:
-        raise ValueError(f"{name} is damaged: its SHA-256 checksum does not match its content")
-    (length,) = struct.unpack_from("<I", body, len(MAGIC))
-    start = len(MAGIC) + 4
-    if start + length > len(body):
-        raise ValueError(f"{name} is damaged: its header runs past the end of the file")
-    header = _parse_header(body[start : start + length], name)
-    payload = body[start + length :]
-    if len(payload) != 4 * header["payload_words"]:
-        raise ValueError(
-            f"{name} is damaged: {len(payload)} bytes of payload, header says "
-            f"{header['payload_words']} words"
-        )
-    return header, np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-
-
-def _parse_header(text: bytes, name: str) -> dict[str, Any]:
-    try:
-        header = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ValueError(f"{name} is damaged: its header is not JSON") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{name} is damaged: its header is not a JSON object")
-    if header.get("format_version") != FORMAT_VERSION or isinstance(
-        header.get("format_version"), bool
-    ):
-        raise ValueError(
-            f"{name} has format version {header.get('format_version')!r}; this crossent reads "
-            f"version {FORMAT_VERSION}"
-        )
-    problem = _header_problem(header)
-    if problem is not None:
-        raise ValueError(f"{name} is damaged: its header's {problem}")
-    return header
+    return container.read(path, MAGIC, _KIND, FORMAT_VERSION, _header_problem)
 
 
 def _header_problem(header: dict[str, Any]) -> str | None:
     """What is wrong with a version-1 header, or None."""
     rules: list[tuple[str, Callable[[Any], bool], str]] = [
         ("coder", lambda v: v == CODER, f"must be {CODER!r}"),
-        ("labels", lambda v: _whole(v, 1, None), "must be a whole number ≥ 1"),
-        ("classes", lambda v: _whole(v, 2, _TOTAL - 1), "must be a whole number in [2, 2^24)"),
-        ("chunk_rows", lambda v: _whole(v, 1, None), "must be a whole number ≥ 1"),
-        ("payload_words", lambda v: _whole(v, 0, None), "must be a whole number ≥ 0"),
-        ("predictions_sha256", _sha256, "must be 64 hex digits"),
-        ("labels_sha256", _sha256, "must be 64 hex digits"),
+        ("labels", lambda v: whole(v, 1), "must be a whole number ≥ 1"),
+        ("classes", lambda v: whole(v, 2, _TOTAL - 1), "must be a whole number in [2, 2^24)"),
+        ("chunk_rows", lambda v: whole(v, 1), "must be a whole number ≥ 1"),
+        ("payload_words", lambda v: whole(v, 0), "must be a whole number ≥ 0"),
+        ("predictions_sha256", sha256_hex, "must be 64 hex digits"),
+        ("labels_sha256", sha256_hex, "must be 64 hex digits"),
     ]
-    for key, ok, rule in rules:
-        if key not in header:
-            return f"field {key!r} is missing"
-        if not ok(header[key]):
-            return f"field {key!r} {rule}; got {header[key]!r:.40}"
+    problem = container.field_problem(header, rules)
+    if problem is not None:
+        return problem
     others = [key for key in header if key not in {"format_version", *(r[0] for r in rules)}]
     for key in others:
         if not isinstance(header[key], str):
-            return f"field {key!r} must be text; got {header[key]!r:.40}"
+            return f"its header's field {key!r} must be text; got {header[key]!r:.40}"
     return None
-
-
-def _whole(value: Any, low: int, high: int | None) -> bool:
-    return (
-        isinstance(value, int)
-        and not isinstance(value, bool)
-        and value >= low
-        and (high is None or value <= high)
-    )
-
-
-def _sha256(value: Any) -> bool:
-    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX64
-
-
-def _write(path: Path, header: dict[str, Any], words: np.ndarray) -> int:
-    """Write the file through a temporary name; return its size in bytes."""
-    encoded = json.dumps(header, sort_keys=True).encode()
-    body = MAGIC + struct.pack("<I", len(encoded)) + encoded + words.astype("<u4").tobytes()
-    data = body + hashlib.sha256(body).digest()
-    with atomic_path(path) as temporary:
-        temporary.write_bytes(data)
-    return len(data)
 
 
 def _checked_weights(weights: np.ndarray, rows: int, classes: int | None) -> np.ndarray:

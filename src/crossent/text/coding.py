@@ -24,10 +24,8 @@ everything before it.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from crossent._extras import needs
-from crossent._files import atomic_path
+from crossent.coding import _container as container
+from crossent.coding._container import sha256_hex, whole
 from crossent.coding.labels import PRECISION, coder_frequencies
 from crossent.text.models import LanguageModel, Progress, Reading
 from crossent.text.source import Text
@@ -44,8 +43,7 @@ from crossent.text.source import Text
 MAGIC = b"XENTTXT\n"
 FORMAT_VERSION = 1
 CODER = "constriction range coder, 24-bit"
-_CHECKSUM = 32
-_HEX64 = frozenset("0123456789abcdef")
+_KIND = "compressed-text"
 CODER_LOSS = -math.log2(1 - 2.0**-8)  # bits per token the range coder may lose, at most
 
 
@@ -156,7 +154,7 @@ def compress(
         "text_sha256": hashlib.sha256(text.data).hexdigest(),
         "encoded_with": lm.versions(),
     }
-    size = _write(Path(path), header, words)
+    size = container.write(Path(path), MAGIC, header, words)
     bound = bound_bits(model_bits, len(tokens), lm.vocab)
     return Summary(len(tokens), len(text.data), model_bits, quantised, 32 * len(words), size, bound)
 
@@ -241,95 +239,39 @@ def _check_predictions(digest: str, header: dict[str, Any], lm: LanguageModel, n
 
 def recognise(path: Path) -> str | None:
     """None if ``path`` is a compressed-text file (which ``--force`` may replace)."""
-    with path.open("rb") as file:
-        start = file.read(len(MAGIC))
-    return None if start == MAGIC else "is not a crossent compressed-text file"
+    return container.recognise(path, MAGIC, _KIND)
 
 
 def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], np.ndarray]:
     """The header and payload of a compressed-text file, after checking its checksum and
     every field of its header."""
-    data = Path(path).read_bytes()
-    name = repr(os.fspath(path))
-    if not data.startswith(MAGIC):
-        raise ValueError(f"{name} is not a crossent compressed-text file (wrong magic bytes)")
-    body, checksum = data[:-_CHECKSUM], data[-_CHECKSUM:]
-    if len(data) < len(MAGIC) + 4 + _CHECKSUM or hashlib.sha256(body).digest() != checksum:
-        raise ValueError(f"{name} is damaged: its SHA-256 checksum does not match its content")
-    (length,) = struct.unpack_from("<I", body, len(MAGIC))
-    start = len(MAGIC) + 4
-    if start + length > len(body):
-        raise ValueError(f"{name} is damaged: its header runs past the end of the file")
-    header = _parse_header(body[start : start + length], name)
-    payload = body[start + length :]
-    if len(payload) != 4 * header["payload_words"]:
-        raise ValueError(
-            f"{name} is damaged: {len(payload)} bytes of payload, header says "
-            f"{header['payload_words']} words"
-        )
-    return header, np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+    return container.read(path, MAGIC, _KIND, FORMAT_VERSION, _header_problem)
 
 
-def _parse_header(text: bytes, name: str) -> dict[str, Any]:
-    try:
-        header = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ValueError(f"{name} is damaged: its header is not JSON") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{name} is damaged: its header is not a JSON object")
-    version = header.get("format_version")
-    if version != FORMAT_VERSION or isinstance(version, bool):
-        raise ValueError(
-            f"{name} has format version {version!r}; this crossent reads version {FORMAT_VERSION}"
-        )
-    for key, ok, rule in _RULES:
-        if key not in header:
-            raise ValueError(f"{name} is damaged: its header's field {key!r} is missing")
-        if not ok(header[key]):
-            raise ValueError(
-                f"{name} is damaged: its header's field {key!r} {rule}; got {header[key]!r:.40}"
-            )
-    if header["tokens"] > 4 * header["bytes"] + 16:  # a token is never much less than a byte
-        raise ValueError(
-            f"{name} is damaged: its header has {header['tokens']:,} tokens for "
-            f"{header['bytes']:,} bytes"
-        )
-    return header
-
-
-def _whole(low: int) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-
-def _sha256(value: Any) -> bool:
-    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX64
+def _header_problem(header: dict[str, Any]) -> str | None:
+    """What is wrong with a version-1 header, or None."""
+    problem = container.field_problem(header, _RULES)
+    if problem is None and header["tokens"] > 4 * header["bytes"] + 16:
+        # a token is never much less than a byte
+        problem = f"its header has {header['tokens']:,} tokens for {header['bytes']:,} bytes"
+    return problem
 
 
 _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("coder", lambda v: v == CODER, f"must be {CODER!r}"),
     ("model_kind", lambda v: isinstance(v, str), "must be text"),
-    ("model_sha256", _sha256, "must be 64 hex digits"),
-    ("context", _whole(1), "must be a whole number ≥ 1"),
-    ("stride", lambda v: v is None or _whole(1)(v), "must be null or a whole number ≥ 1"),
-    ("tokens", _whole(1), "must be a whole number ≥ 1"),
-    ("vocab", lambda v: _whole(2)(v) and v < 2**PRECISION, "must be a whole number in [2, 2^24)"),
-    ("bytes", _whole(1), "must be a whole number ≥ 1"),
-    ("payload_words", _whole(0), "must be a whole number ≥ 0"),
-    ("predictions_sha256", _sha256, "must be 64 hex digits"),
-    ("text_sha256", _sha256, "must be 64 hex digits"),
+    ("model_sha256", sha256_hex, "must be 64 hex digits"),
+    ("context", lambda v: whole(v, 1), "must be a whole number ≥ 1"),
+    ("stride", lambda v: v is None or whole(v, 1), "must be null or a whole number ≥ 1"),
+    ("tokens", lambda v: whole(v, 1), "must be a whole number ≥ 1"),
+    ("vocab", lambda v: whole(v, 2, 2**PRECISION - 1), "must be a whole number in [2, 2^24)"),
+    ("bytes", lambda v: whole(v, 1), "must be a whole number ≥ 1"),
+    ("payload_words", lambda v: whole(v, 0), "must be a whole number ≥ 0"),
+    ("predictions_sha256", sha256_hex, "must be 64 hex digits"),
+    ("text_sha256", sha256_hex, "must be 64 hex digits"),
     (
         "encoded_with",
         lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
         "must map names to text",
     ),
 ]
-
-
-def _write(path: Path, header: dict[str, Any], words: np.ndarray) -> int:
-    """Write the file through a temporary name; return its size in bytes."""
-    encoded = json.dumps(header, sort_keys=True).encode()
-    body = MAGIC + struct.pack("<I", len(encoded)) + encoded + words.astype("<u4").tobytes()
-    data = body + hashlib.sha256(body).digest()
-    with atomic_path(path) as temporary:
-        temporary.write_bytes(data)
-    return len(data)
