@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from crossent.cli._output import add_force, claimed_file
+from crossent.cli._progress import token_progress
 from crossent.cli.text import add_model_options
-from crossent.cli.text_progress import token_progress
 
 
 def add_parser(commands: Any) -> None:

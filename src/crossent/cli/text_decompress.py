@@ -9,9 +9,9 @@ from typing import Any
 from rich.console import Console
 
 from crossent.cli._output import add_force, claimed_file
+from crossent.cli._progress import token_progress
 from crossent.cli._stdio import is_stdio
 from crossent.cli.text import add_model_options
-from crossent.cli.text_progress import token_progress
 
 
 def add_parser(commands: Any) -> None:

@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from crossent.cli._output import add_force, claimed_file
+from crossent.cli._progress import token_progress
 from crossent.cli.text import add_model_options
-from crossent.cli.text_progress import token_progress
 
 _BASES = {"2": 2.0, "e": math.e}
 
