@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import struct
 from pathlib import Path
 
@@ -173,7 +174,7 @@ def test_bad_labels_and_weights(tmp_path: Path) -> None:
         )
     bad = u.copy()
     bad[6] = np.nan
-    with pytest.raises(ValueError, match="must be finite, ≥ 0 and not all 0; row 0 is not"):
+    with pytest.raises(ValueError, match="must be finite, ≥ 0 and not all 0; row 6 is not"):
         compress(
             tmp_path / "x", np.zeros(10, int), lambda a, b: bad[a:b], identity=ID, chunk_rows=6
         )
@@ -229,7 +230,7 @@ def test_quantised_cuts_are_floors_by_hand() -> None:
     zeros=st.floats(0.0, 0.9),
     spread=st.sampled_from([0.1, 3.0, 30.0]),
 )
-def test_the_compiled_quantiser_gives_numpys_frequencies_bit_for_bit(
+def test_the_quantiser_in_c_gives_numpys_frequencies_bit_for_bit(
     seed: int, rows: int, classes: int, zeros: float, spread: float
 ) -> None:
     """Files coded by either decode with the other: the same frequencies and fingerprints to
@@ -252,7 +253,7 @@ def test_the_compiled_quantiser_gives_numpys_frequencies_bit_for_bit(
 
 
 @pytest.mark.parametrize("bad", [-1e-9, math.nan, math.inf])
-def test_the_compiled_quantiser_refuses_what_numpy_refuses(bad: float) -> None:
+def test_the_quantiser_in_c_refuses_what_numpy_refuses(bad: float) -> None:
     u = np.ones((5, 4))
     u[3, 2] = bad
     for quantised in (labels_module._quantised, labels_module._quantised_in_numpy):
@@ -273,3 +274,227 @@ def test_a_forked_child_quantises_on_threads_of_its_own() -> None:
     with multiprocessing.get_context("fork").Pool(1) as pool:
         got = pool.apply_async(quantise, (weights,)).get(timeout=60)
     assert np.array_equal(got, expected)
+
+
+# ---- the quantiser's shares, its NumPy twin, and what it is given ----
+
+
+@pytest.mark.parametrize("bad_rows", [[1], [70], [1, 70]])
+def test_a_refused_row_is_named_by_its_place_in_the_whole_across_shares_and_chunks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bad_rows: list[int]
+) -> None:
+    """Rows 0–99 in chunks of 64 rows, each chunk's quantisation in shares of 16 weights on
+    two threads: the first refused row is named as the whole's row, whichever share found it."""
+    monkeypatch.setattr(labels_module, "_THREADS", 2)
+    monkeypatch.setattr(labels_module, "_SHARE_ELEMENTS", 16)
+    u, labels = sample(100, 4, seed=1)
+    u[bad_rows] = -1.0
+    expected = f"^predicted weights must be finite, ≥ 0 and not all 0; row {bad_rows[0]} is not$"
+    with pytest.raises(ValueError, match=expected):
+        compress(tmp_path / "x", labels, lambda a, b: u[a:b], identity=ID, chunk_rows=64)
+    with pytest.raises(ValueError, match=expected):
+        quantise(u)
+
+
+def test_a_share_and_a_half_of_work_is_one_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    """24 × 4 weights over shares of 64: one share (a whole number of them, at least 1)."""
+    monkeypatch.setattr(labels_module, "_SHARE_ELEMENTS", 64)
+    u, _ = sample(24, 4, seed=2)
+    monkeypatch.setattr(labels_module, "_THREADS", 1)
+    alone = quantise(u)
+    monkeypatch.setattr(labels_module, "_THREADS", 2)
+    assert np.array_equal(quantise(u), alone)
+
+
+def test_without_the_compiled_quantiser_numpy_codes_the_same_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    u, labels = sample(200, 6, seed=3)
+    compiled, _, first = round_trip(tmp_path, u, labels)
+    monkeypatch.setattr(labels_module, "_quantise", None)
+    second = tmp_path / "numpy.xent"
+    summary = compress(second, labels, lambda a, b: u[a:b], identity=ID, chunk_rows=64)
+    assert second.read_bytes() == first.read_bytes()
+    assert (summary.nll_bits, summary.quantised_nll_bits) == pytest.approx(
+        (compiled.nll_bits, compiled.quantised_nll_bits), rel=1e-12
+    )
+    assert np.array_equal(decompress(first, lambda a, b: u[a:b], identity=ID), labels)
+    u[5] = math.inf
+    with pytest.raises(ValueError, match=r"^predicted weights .* row 5 is not$"):
+        quantise(u)
+
+
+def test_weights_of_any_dtype_or_layout_are_read_as_float64(tmp_path: Path) -> None:
+    """Lists of integers, float32 and a transposed (non-contiguous) array quantise as their
+    float64 values do; frequencies are int64."""
+    assert quantise([[2, 1, 1]]).tolist() == [[8388607, 4194304, 4194305]]
+    assert quantise([[2, 1, 1]]).dtype == np.int64
+    u, labels = sample(40, 5, seed=5)
+    as_float32 = u.astype(np.float32)
+    assert np.array_equal(quantise(as_float32), quantise(as_float32.astype(np.float64)))
+    transposed = np.asfortranarray(u)
+    assert np.array_equal(quantise(transposed), quantise(u))
+    _, decoded, _ = round_trip(tmp_path, as_float32, labels)
+    assert np.array_equal(decoded, labels)
+    wide = labels.astype(np.int64)  # the labels' bits are counted from any integer dtype
+    expected = labels_module._quantised_in_numpy(u, wide)
+    assert labels_module._quantised(u, wide)[2:] == pytest.approx(expected[2:], rel=1e-12)
+
+
+def test_a_label_of_weight_zero_costs_infinite_float_bits_without_a_warning() -> None:
+    u = np.array([[1.0, 0.0, 1.0]])
+    for quantised in (labels_module._quantised, labels_module._quantised_in_numpy):
+        _, _, nll, bits = quantised(u, np.array([1], dtype=np.int32))
+        assert nll == math.inf
+        assert bits == 24.0  # the quantised model keeps 1/2^24 for it
+
+
+def test_two_to_two_to_the_24_minus_1_classes() -> None:
+    for classes in (1, 1 << 24):
+        u = np.empty((1, classes))  # not read: the count is refused first
+        with pytest.raises(
+            ValueError, match=f"^coding needs 2 to 2\\^24 - 1 classes; got {classes}$"
+        ):
+            quantise(u)
+
+
+def test_the_coder_frequencies_are_the_quantised_ones_minus_1() -> None:
+    u, labels = sample(30, 7, seed=6)
+    free, fingerprint = labels_module.coder_frequencies(u.tolist())
+    assert np.array_equal(free + 1, quantise(u))
+    assert free.dtype == np.float64
+    assert fingerprint == labels_module._quantised(u, labels)[1]
+    cuts = np.cumsum(free, axis=1)  # the fingerprint: each row's cuts summed, float64 bytes
+    assert fingerprint == cuts.sum(axis=1).astype("<f8").tobytes()
+
+
+# ---- compress's summary and every refusal of compress and decompress, word for word ----
+
+
+def forge(path: Path, header: dict, words: np.ndarray | list[int]) -> None:
+    """A file with ``header`` and ``words`` and a checksum that matches them."""
+    encoded = json.dumps(header).encode()
+    body = MAGIC + struct.pack("<I", len(encoded)) + encoded + np.asarray(words, "<u4").tobytes()
+    path.write_bytes(body + hashlib.sha256(body).digest())
+
+
+def refused(path: Path, u: np.ndarray, message: str, **options: object) -> None:
+    """decompress(path) under ``u`` raises a ValueError of exactly ``message`` (the file's
+    name first)."""
+    expected = f"^{re.escape(repr(str(path)) + message)}$"
+    with pytest.raises(ValueError, match=expected):
+        decompress(path, lambda a, b: u[a:b], identity=ID, **options)  # type: ignore[arg-type]
+
+
+def test_the_summary_counts_labels_classes_and_the_file(tmp_path: Path) -> None:
+    u, labels = sample(120, 6, seed=7)
+    labels[labels == 5] = 4  # class 5 never occurs: H(Y) over the classes that do
+    summary, _, path = round_trip(tmp_path, u, labels, chunk_rows=1)
+    assert (summary.labels, summary.classes) == (120, 6)
+    assert summary.file_bytes == path.stat().st_size
+    assert read(path)[0]["chunk_rows"] == 1
+
+
+def test_weights_of_another_shape_are_refused(tmp_path: Path) -> None:
+    u, labels = sample(10, 5, seed=8)
+    cases = [
+        (lambda a, b: u[a:b, :4] if a else u[a:b], "(4, 5); got (4, 4)"),  # classes change
+        (lambda a, b: u[a : b - 1], "(4, M); got (3, 5)"),
+        (lambda a, b: u[a:b, 0], "(4, M); got (4,)"),
+    ]
+    for weights, shapes in cases:
+        with pytest.raises(
+            ValueError, match=re.escape(f"predicted weights must have shape {shapes}")
+        ):
+            compress(tmp_path / "x", labels, weights, identity=ID, chunk_rows=4)
+    assert not list(tmp_path.iterdir())
+
+
+def test_decompress_refuses_word_for_word(coded, tmp_path: Path) -> None:
+    u, path = coded
+    refused(path, u, " holds 300 labels, but the data has 299 rows; use the data it was "
+            "compressed with", rows=299)  # fmt: skip
+    assert len(decompress(path, lambda a, b: u[a:b], identity=ID, rows=300)) == 300
+    other = {"model_sha256": "b" * 64}
+    with pytest.raises(ValueError, match=re.escape(
+        f"{str(path)!r} was compressed with a different model (model_sha256 aaaaaaaaaaaa…, "
+        "here bbbbbbbbbbbb…); use the same as at compression"
+    ) + "$"):  # fmt: skip
+        decompress(path, lambda a, b: u[a:b], identity=other)
+    refused(path, u[:, :4], " holds labels of 5 classes; the model has 4")
+    nudged = u.copy()
+    nudged[150, 2] *= 1.001
+    refused(path, nudged, ": the model's predictions here are not bit-identical to those at "
+            "compression (another machine, library version or thread count?); refusing to "
+            "return labels")  # fmt: skip
+
+
+def test_a_forged_payload_is_refused_never_decoded_to_wrong_labels(coded) -> None:
+    u, path = coded
+    header, words = read(path)
+    forge(path, {**header, "payload_words": 0}, [])  # 0 words is a valid header
+    refused(path, u, ": the decoded labels fail their checksum; refusing to return them")
+    forge(path, header, np.full_like(words, 0xFFFFFFFF))  # constriction asserts on these
+    refused(path, u, " is damaged: its labels do not decode (Tried to decode from compressed "
+            "data that is invalid for the employed entropy model.)")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "rule"),
+    [
+        ("labels", 0, "must be a whole number ≥ 1"),
+        ("classes", 1 << 24, "must be a whole number in [2, 2^24)"),
+        ("chunk_rows", 0, "must be a whole number ≥ 1"),
+        ("payload_words", -1, "must be a whole number ≥ 0"),
+        ("predictions_sha256", "A" * 64, "must be 64 hex digits"),
+        ("labels_sha256", "ab", "must be 64 hex digits"),
+    ],
+)
+def test_each_header_field_is_checked_word_for_word(
+    coded, field: str, value: object, rule: str
+) -> None:
+    u, path = coded
+    header, words = read(path)
+    forge(path, {**header, field: value}, words)
+    refused(path, u, f" is damaged: its header's field {field!r} {rule}; got {value!r:.40}")
+
+
+def test_the_largest_class_count_passes_the_header(coded) -> None:
+    """2^24 − 1 classes is a valid header: the model's 5 classes are what is refused."""
+    u, path = coded
+    header, words = read(path)
+    forge(path, {**header, "classes": (1 << 24) - 1}, words)
+    refused(path, u, " holds labels of 16777215 classes; the model has 5")
+
+
+def test_without_constriction_both_ways_name_the_extra(
+    coded, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import sys
+
+    u, path = coded
+    monkeypatch.setitem(sys.modules, "constriction", None)
+    for what, call in (
+        ("compress", lambda: compress(tmp_path / "y", np.zeros(3, int), lambda a, b: u[a:b],
+                                      identity=ID, chunk_rows=3)),
+        ("decompress", lambda: decompress(path, lambda a, b: u[a:b], identity=ID)),
+    ):  # fmt: skip
+        with pytest.raises(ImportError, match=re.escape(
+            f"crossent.coding.{what} needs constriction, which is not installed: pip install "
+            "'crossent[compress]'"
+        )):  # fmt: skip
+            call()
+
+
+def test_nothing_to_compress_word_for_word(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"^nothing to compress: no labels were given$"):
+        compress(tmp_path / "x", np.zeros(0, int), lambda a, b: np.ones((b - a, 2)), identity=ID,
+                 chunk_rows=3)  # fmt: skip
+
+
+def test_a_labels_file_is_recognised_as_one(coded, tmp_path: Path) -> None:
+    _, path = coded
+    assert labels_module.recognise(path) is None
+    other = tmp_path / "notes.txt"
+    other.write_text("XENT but not ours")
+    assert labels_module.recognise(other) == "is not a crossent compressed-labels file"

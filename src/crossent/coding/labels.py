@@ -30,9 +30,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from crossent._extras import needs
 from crossent.coding import _container as container
@@ -66,7 +67,7 @@ def _pool() -> concurrent.futures.ThreadPoolExecutor:
 os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
-def quantise(weights: np.ndarray) -> np.ndarray:
+def quantise(weights: ArrayLike) -> np.ndarray:
     """Integer frequencies ``(n, M)``, each ≥ 1, each row summing to 2^24, from weights u ≥ 0.
 
     The quantised model q̂(y) = w_y / 2^24 is the one the coder uses: a label costs
@@ -79,39 +80,43 @@ def quantise(weights: np.ndarray) -> np.ndarray:
     >>> quantise(np.array([[2.0, 1.0, 1.0]])).tolist()  # (1/2, 1/4, 1/4) within a unit in 2^24
     [[8388607, 4194304, 4194305]]
     """
-    free, _ = _free_frequencies(np.asarray(weights, dtype=np.float64))
+    free, _ = _free_frequencies(weights)
     return (free + 1).astype(np.int64)
 
 
-def coder_frequencies(weights: np.ndarray) -> tuple[np.ndarray, bytes]:
+def coder_frequencies(weights: ArrayLike) -> tuple[np.ndarray, bytes]:
     """What the range coder is given for rows of weights ``(n, M)``: the frequencies minus 1
     (exact float64 integers, each row summing to 2^24 − M) and their fingerprint (bytes).
 
     The quantisation of :func:`quantise`, for other coders of sequences (``crossent.text``).
     """
-    return _free_frequencies(np.asarray(weights, dtype=np.float64))
+    return _free_frequencies(weights)
 
 
-def _free_frequencies(u: np.ndarray) -> tuple[np.ndarray, bytes]:
+def _free_frequencies(u: ArrayLike, first_row: int = 0) -> tuple[np.ndarray, bytes]:
     """Frequencies minus 1, as exact float64 integers: cuts at floor(U_k · (2^24 − M) / U_M).
 
     Also a fingerprint of them: the sum of each row's cuts, exact in float64, which any move
-    of frequency between classes changes.
+    of frequency between classes changes. ``first_row``: the number of ``u``'s first row, for
+    messages.
     """
-    free, fingerprint, _, _ = _quantised(u, None)
+    free, fingerprint, _, _ = _quantised(u, None, first_row)
     return free, fingerprint
 
 
-def _quantised(u: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, bytes, float, float]:
-    """:func:`_free_frequencies` of ``u``, and for ``labels`` the bits of the float and the
-    quantised model: Σ log2 U_M − log2 u_y and Σ 24 − log2 w_y. Computed by the compiled
+def _quantised(
+    weights: ArrayLike, labels: np.ndarray | None, first_row: int = 0
+) -> tuple[np.ndarray, bytes, float, float]:
+    """:func:`_free_frequencies` of ``weights``, and for ``labels`` the bits of the float and
+    the quantised model: Σ log2 U_M − log2 u_y and Σ 24 − log2 w_y. Computed by the compiled
     quantiser (``_quantise.c``, one pass a row, on several threads) where it was built, else
     by NumPy: the same double operations in the same order, so the same frequencies."""
+    u = np.ascontiguousarray(weights, dtype=np.float64)  # the C quantiser reads rows of doubles
     classes = u.shape[1]
     if classes < 2 or classes >= _TOTAL:
         raise ValueError(f"coding needs 2 to 2^24 - 1 classes; got {classes}")
     if _quantise is None:
-        return _quantised_in_numpy(u, labels)
+        return _quantised_in_numpy(u, labels, first_row)
     free = np.empty_like(u)
     prints = np.empty(u.shape[0])
     y = None if labels is None else np.ascontiguousarray(labels, dtype=np.int32)
@@ -120,7 +125,7 @@ def _quantised(u: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, by
         bad = row if bad < 0 <= row else bad
         nll, quantised = nll + part_nll, quantised + part_quantised
     if bad >= 0:
-        raise ValueError(f"predicted weights must be finite, ≥ 0 and not all 0; row {bad} is not")
+        _refuse_weights(first_row + bad)
     return free, prints.astype("<f8").tobytes(), nll, quantised
 
 
@@ -150,7 +155,7 @@ def _on_threads(
 
 
 def _quantised_in_numpy(
-    u: np.ndarray, labels: np.ndarray | None
+    u: np.ndarray, labels: np.ndarray | None, first_row: int = 0
 ) -> tuple[np.ndarray, bytes, float, float]:
     """:func:`_quantised` in NumPy (where the compiled quantiser was not built)."""
     classes = u.shape[1]
@@ -158,8 +163,7 @@ def _quantised_in_numpy(
     totals = cuts[:, -1].copy()
     bad = ~(np.isfinite(totals) & (totals > 0)) | (u < 0).any(axis=1)
     if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"predicted weights must be finite, ≥ 0 and not all 0; row {row} is not")
+        _refuse_weights(first_row + int(np.flatnonzero(bad)[0]))
     np.multiply(cuts, ((_TOTAL - classes) / totals)[:, None], out=cuts)
     np.floor(cuts, out=cuts)
     cuts[:, -1] = _TOTAL - classes  # the last cut is exact, whatever the rounding before it
@@ -172,6 +176,10 @@ def _quantised_in_numpy(
         nll = float(np.sum(np.log2(totals) - _log2(u[rows, labels])))
         quantised = float(np.sum(PRECISION - np.log2(free[rows, labels] + 1)))
     return free, cuts.sum(axis=1).astype("<f8").tobytes(), nll, quantised
+
+
+def _refuse_weights(row: int) -> NoReturn:
+    raise ValueError(f"predicted weights must be finite, ≥ 0 and not all 0; row {row} is not")
 
 
 @dataclass(frozen=True)
@@ -291,7 +299,7 @@ def _quantising(
         u = _checked_weights(weights(start, start + len(chunk)), len(chunk), classes)
         classes = u.shape[1]
         _check_labels(chunk, classes, start)
-        yield functools.partial(_quantised, u, chunk)
+        yield functools.partial(_quantised, u, chunk, start)
 
 
 _Done = TypeVar("_Done")
@@ -347,8 +355,8 @@ def decompress(
     ValueError: '...l.xent' was compressed with a different model (model a…, here b…); use ...
     >>> folder.cleanup()
     """
-    with needs("crossent.coding.decompress"):
-        pass
+    with needs("crossent.coding.decompress"):  # before the file is read
+        import constriction  # noqa: F401
 
     header, words = read(path)
     name = repr(os.fspath(path))
@@ -388,13 +396,14 @@ def _decode(words: np.ndarray, weights: Weights, header: dict[str, Any], name: s
                 raise ValueError(
                     f"{name} holds labels of {classes} classes; the model has {u.shape[1]}"
                 )
-            yield functools.partial(_free_frequencies, u)
+            yield functools.partial(_free_frequencies, u, start)
 
     for free, fingerprint in _one_ahead(jobs()):
         predictions.update(fingerprint)
         try:
             chunks.append(np.asarray(decoder.decode(model, free), dtype=np.int32))
-        except (RuntimeError, ValueError, OverflowError) as error:
+        except (RuntimeError, ValueError, OverflowError, AssertionError) as error:
+            # constriction asserts on a payload its model cannot have written
             raise ValueError(f"{name} is damaged: its labels do not decode ({error})") from None
     if predictions.hexdigest() != header["predictions_sha256"]:
         raise ValueError(
