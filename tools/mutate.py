@@ -59,7 +59,8 @@ MODULES: dict[str, tuple[list[str], str]] = {
     "coding/huffman.py": (["test_coding_huffman.py"], ""),
     "coding/labels.py": (["test_coding_labels.py", "test_corruption.py"], ""),
     "classifier/evaluate.py": (["test_classifier_evaluate.py", "test_cli_classifier.py"], ""),
-    "classifier/predictions.py": (["test_classifier_evaluate.py", "test_cli_classifier.py"], ""),
+    "classifier/predictions.py": (["test_classifier_predictions.py", "test_classifier_evaluate.py",
+                                   "test_cli_classifier.py"], ""),
 }  # fmt: skip
 # what the mutants' test runs leave out: torch.compile, export and TorchScript trace the
 # code, which mutmut's trampolines would make them trace instead; processes the mutant is
