@@ -19,6 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from crossent.torch import LinearCrossEntropy, _class_blocks, cross_entropy, linear_cross_entropy
 from crossent.torch._head_pass import CHUNK_BYTES
+from crossent.torch._spec import LossOptions
 
 
 def head(
@@ -409,6 +410,64 @@ def test_huge_class_counts_switch_to_blocks_of_classes(monkeypatch) -> None:
     )
     torch.testing.assert_close(ours[0], theirs[0])
     assert_close_all(ours[1], theirs[1], rtol=1e-4, atol=1e-6)
+
+
+def test_class_blocks_of_rows_far_below_zero_or_all_minus_inf(class_blocks) -> None:
+    """Logits near −1000 (a row's max far below 0: exp(max) underflows, so the sum must be
+    taken relative to the max, not to 0), and a first block of classes all −inf (its max adds
+    nothing, not NaN): the unfused head's answer."""
+    hidden, weight, bias, labels = head()
+    labels[labels < 4] = 7  # no label in the −inf classes
+    for shift in (
+        torch.full((17,), -1000.0),
+        torch.cat([torch.full((4,), -math.inf), torch.zeros(13)]),
+    ):
+        shifted = (bias + shift).detach().requires_grad_()
+        tensors = (hidden, weight, shifted)
+        ours = value_and_grads(
+            lambda b=shifted: linear_cross_entropy(hidden, weight, labels, bias=b, low_memory=True),
+            tensors,
+        )
+        theirs = value_and_grads(
+            lambda b=shifted: cross_entropy(F.linear(hidden, weight, b), labels), tensors
+        )
+        assert torch.isfinite(ours[0])
+        assert_same_in_float64(ours, theirs)
+
+
+def test_class_blocks_compute_bfloat16_in_float32(class_blocks) -> None:
+    """bfloat16 rows in 80 chunks: the logits and the gradients' sums in float32, rounded to
+    bfloat16 once; within 2^-8 of the exact gradient of the same bfloat16 numbers (summing
+    the chunks in bfloat16 is several times further off)."""
+    hidden, weight, bias, labels = head(400, 8, 12, seed=9)
+    low = [t.detach().bfloat16().requires_grad_() for t in (hidden, weight, bias)]
+    exact = [t.detach().double().requires_grad_() for t in low]
+    ours, our_grads = value_and_grads(
+        lambda: linear_cross_entropy(low[0], low[1], labels, bias=low[2], low_memory=True), low
+    )
+    loss, grads = value_and_grads(lambda: F.cross_entropy(F.linear(*exact), labels), exact)
+    assert ours.dtype == torch.float32
+    assert abs(ours.double() - loss) <= 1e-5 * abs(loss)
+    for mine, truth in zip(our_grads, grads, strict=True):
+        assert mine.dtype == torch.bfloat16
+        assert (mine.double() - truth).norm() <= 2**-8 * truth.norm()
+
+
+def test_row_losses_combine_splits_of_the_classes_by_hand() -> None:
+    """Two splits of one row's classes: running maxes 1 and 3, sums of exp(x − max) 2 and 1,
+    so lse = log(2e + e³); the target's logit 0.5 in the first split. A label outside the
+    classes gives NaN, an ignored row 0."""
+    options = LossOptions.of(None, -100, 0.0, 0.0, None, "mean", math.e)
+    one = [[1.0, 2.0, 0.5, 0.0], [3.0, 1.0, 0.0, 0.0]]  # per split: max, sum, x_y, Σx
+    parts = torch.tensor([[[v] * 5 for v in split] for split in one], dtype=torch.float64)
+    losses, lse = _class_blocks.row_losses(parts, torch.tensor([2, -1, 5, -100, 0]), options, 5)
+    expected = math.log(2 * math.e + math.e**3)
+    torch.testing.assert_close(lse, torch.full((5,), expected, dtype=torch.float64))
+    assert losses[0].item() == pytest.approx(expected - 0.5, rel=1e-15)
+    assert losses[1].isnan()
+    assert losses[2].isnan()
+    assert losses[3].item() == 0.0
+    assert losses[4].item() == pytest.approx(expected - 0.5)
 
 
 @given(
