@@ -340,7 +340,20 @@ def test_the_module_is_a_head_and_trains() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"target": torch.tensor([0, 1, 17, 2])}, r"class indices in \[0, 17\).*got 17 at"),
+        (
+            {"target": torch.tensor([0, 1, 17, 2])},
+            r"^`target` must be class indices in \[0, 17\) or ignore_index -100; got 17 at "
+            r"position \(2,\)$",
+        ),
+        (
+            {"weight": torch.randn(12)},
+            r"^`weight` must be \(C, D\) with D = hidden.shape\[-1\]; got weight \(12,\) for "
+            r"hidden \(4, 12\)$",
+        ),
+        (
+            {"target": torch.rand(4, 16)},
+            r"^probability `target` must have shape \(4, 17\) for hidden \(4, 12\); got \(4, 16\)$",
+        ),
         ({"weight": torch.randn(17, 5)}, r"`weight` must be \(C, D\) with D = hidden.shape"),
         ({"weight": torch.randn(17, 12).double()}, r"dtype of `hidden`"),
         ({"bias": torch.randn(16)}, r"`bias` must have shape \(17,\)"),
@@ -382,6 +395,26 @@ def test_low_memory_needs_index_targets_without_class_weights() -> None:
         linear_cross_entropy(
             hidden, weight, probabilities, class_weight=torch.ones(17), low_memory=True
         )
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_one_row_of_hidden_is_one_example(reduction) -> None:
+    """hidden (D,) with a 0-d label or a (C,) probability target: the loss of one example."""
+    hidden, weight, bias, _ = head()
+    row = hidden[3].detach().requires_grad_()
+    probabilities = torch.softmax(torch.arange(17.0, dtype=torch.float64), 0)
+    for target in (torch.tensor(5), probabilities):
+        tensors = (row, weight, bias)
+        ours = value_and_grads(
+            lambda t=target: linear_cross_entropy(row, weight, t, bias=bias, reduction=reduction),
+            tensors,
+        )
+        theirs = value_and_grads(
+            lambda t=target: cross_entropy(F.linear(row, weight, bias), t, reduction=reduction),
+            tensors,
+        )
+        assert ours[0].shape == ()
+        assert_same_in_float64(ours, theirs)
 
 
 @pytest.mark.parametrize("low_memory", [False, True])
