@@ -387,6 +387,35 @@ def test_fullgraph_forward_and_backward_equal_eager(reduction: str) -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_fullgraph_head_with_every_option_equals_eager() -> None:
+    """The compiled head's one operator gets every option: a bias, class weights, smoothing,
+    soft-capping, z-loss, another ignore_index, chunks of 5 rows, a float64 weight gradient
+    sum; and probability targets, whose gradient it makes too."""
+    generator = torch.Generator().manual_seed(11)
+    hidden = torch.randn(13, 6, generator=generator)
+    weight, bias = torch.randn(9, 6, generator=generator), torch.randn(9, generator=generator)
+    labels = torch.randint(0, 9, (13,), generator=generator)
+    labels[[2, 7]] = 3
+    probabilities = torch.softmax(torch.randn(13, 9, generator=generator), -1)
+    options = dict(
+        class_weight=torch.rand(9, generator=generator) + 0.5, label_smoothing=0.1, softcap=4.0,
+        z_loss=1e-2, chunk_size=5, weight_grad_dtype=torch.float64,
+    )  # fmt: skip
+    for target, reduction, ignore in ((labels, "mean", 3), (probabilities, "none", -100)):
+        results = []
+        for run in (torch.compile(linear_cross_entropy, fullgraph=True), linear_cross_entropy):
+            torch._dynamo.reset()
+            tensors = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+            tensors.append(target.clone().requires_grad_(target.is_floating_point()))
+            h, w, b, t = tensors
+            loss = run(h, w, t, bias=b, reduction=reduction, ignore_index=ignore, **options)
+            wanted = [x for x in tensors if x.requires_grad]
+            upstream = torch.linspace(0.5, 1.5, loss.numel()).reshape(loss.shape)
+            results.append([loss.detach(), *torch.autograd.grad(loss, wanted, upstream)])
+        for a, b in zip(*results, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_torch_export_of_a_model_with_the_head() -> None:
     model = HeadModel()
     x, y = torch.randn(12, 8), torch.randint(0, 11, (12,))
