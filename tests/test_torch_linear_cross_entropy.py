@@ -417,6 +417,21 @@ def test_one_row_of_hidden_is_one_example(reduction) -> None:
         assert_same_in_float64(ours, theirs)
 
 
+def test_a_bias_of_another_dtype_is_added_in_hiddens() -> None:
+    """A float64 bias on a float32 head is used in float32; its gradient comes back float64."""
+    hidden, weight, bias, labels = head(dtype=torch.float32)
+    wide = bias.detach().double().requires_grad_()
+    ours = value_and_grads(
+        lambda: linear_cross_entropy(hidden, weight, labels, bias=wide), (hidden, weight, wide)
+    )
+    theirs = value_and_grads(
+        lambda: cross_entropy(F.linear(hidden, weight, bias), labels), (hidden, weight, bias)
+    )
+    assert ours[1][2].dtype == torch.float64
+    torch.testing.assert_close(ours[0], theirs[0])
+    assert_close_all(ours[1], [g.to(o.dtype) for g, o in zip(theirs[1], ours[1], strict=True)])
+
+
 @pytest.mark.parametrize("low_memory", [False, True])
 def test_a_head_without_bias(low_memory: bool) -> None:
     hidden, weight, _, labels = head()
