@@ -259,8 +259,9 @@ def test_the_quantiser_in_c_refuses_what_numpy_refuses(bad: float) -> None:
     for quantised in (labels_module._quantised, labels_module._quantised_in_numpy):
         with pytest.raises(ValueError, match=r"must be finite, ≥ 0 and not all 0; row 3 is not"):
             quantised(u, None)
-    with pytest.raises(ValueError, match=r"row 0 is not"):
-        labels_module._quantised(np.zeros((2, 4)), None)
+    for quantised in (labels_module._quantised, labels_module._quantised_in_numpy):
+        with pytest.raises(ValueError, match=r"row 0 is not"):
+            quantised(np.zeros((2, 4)), None)
 
 
 @pytest.mark.timeout(120)
@@ -279,7 +280,7 @@ def test_a_forked_child_quantises_on_threads_of_its_own() -> None:
 # ---- the quantiser's shares, its NumPy twin, and what it is given ----
 
 
-@pytest.mark.parametrize("bad_rows", [[1], [70], [1, 70]])
+@pytest.mark.parametrize("bad_rows", [[1], [70], [0, 70]])
 def test_a_refused_row_is_named_by_its_place_in_the_whole_across_shares_and_chunks(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bad_rows: list[int]
 ) -> None:
@@ -294,6 +295,13 @@ def test_a_refused_row_is_named_by_its_place_in_the_whole_across_shares_and_chun
         compress(tmp_path / "x", labels, lambda a, b: u[a:b], identity=ID, chunk_rows=64)
     with pytest.raises(ValueError, match=expected):
         quantise(u)
+    if len(bad_rows) == 1:  # decoding names the row as well
+        good = u.copy()
+        good[bad_rows] = 1.0
+        path = tmp_path / "good.xent"
+        compress(path, labels, lambda a, b: good[a:b], identity=ID, chunk_rows=64)
+        with pytest.raises(ValueError, match=expected):
+            decompress(path, lambda a, b: u[a:b], identity=ID)
 
 
 def test_a_share_and_a_half_of_work_is_one_share(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -306,7 +314,7 @@ def test_a_share_and_a_half_of_work_is_one_share(monkeypatch: pytest.MonkeyPatch
     assert np.array_equal(quantise(u), alone)
 
 
-def test_without_the_compiled_quantiser_numpy_codes_the_same_file(
+def test_without_the_c_quantiser_numpy_codes_the_same_file(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     u, labels = sample(200, 6, seed=3)
@@ -319,9 +327,9 @@ def test_without_the_compiled_quantiser_numpy_codes_the_same_file(
         (compiled.nll_bits, compiled.quantised_nll_bits), rel=1e-12
     )
     assert np.array_equal(decompress(first, lambda a, b: u[a:b], identity=ID), labels)
-    u[5] = math.inf
-    with pytest.raises(ValueError, match=r"^predicted weights .* row 5 is not$"):
-        quantise(u)
+    u[70] = math.inf  # in the second chunk of 64 rows
+    with pytest.raises(ValueError, match=r"^predicted weights .* row 70 is not$"):
+        compress(tmp_path / "bad.xent", labels, lambda a, b: u[a:b], identity=ID, chunk_rows=64)
 
 
 def test_weights_of_any_dtype_or_layout_are_read_as_float64(tmp_path: Path) -> None:

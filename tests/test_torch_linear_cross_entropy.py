@@ -598,7 +598,7 @@ def test_class_blocks_compute_bfloat16_in_float32(class_blocks) -> None:
         assert (mine.double() - truth).norm() <= 2**-8 * truth.norm()
 
 
-def test_row_losses_combine_splits_of_the_classes_by_hand() -> None:
+def test_class_blocks_row_losses_combine_splits_by_hand() -> None:
     """Two splits of one row's classes: running maxes 1 and 3, sums of exp(x − max) 2 and 1,
     so lse = log(2e + e³); the target's logit 0.5 in the first split. A label outside the
     classes gives NaN, an ignored row 0."""
