@@ -127,6 +127,15 @@ def linear_cases() -> list[Case]:
     cases += [
         Case("linear-probs", probs, hidden=hidden, weight=weight, options={"label_smoothing": 0.1}),
         Case(
+            "linear-probs-weighted",
+            probs,
+            hidden=hidden,
+            weight=weight,
+            bias=bias,
+            options={"weight": True, "softcap": 3.0},
+            reduction="none",
+        ),
+        Case(
             "linear-no-bias-lse",
             labels,
             hidden=hidden,
@@ -151,6 +160,8 @@ def run_case(
             0.5, 2.0, case.classes, dtype=torch.float64
         )
     target = case.target if not case.target.is_floating_point() else case.target[:, lo:hi]
+    wanted = [target.clone().requires_grad_()] if target.is_floating_point() else []
+    target = wanted[0] if wanted else target  # probability targets get their gradient too
     if case.hidden is None:
         assert case.logits is not None
         local = case.logits[:, lo:hi].clone().requires_grad_()
@@ -175,7 +186,7 @@ def run_case(
             )
     loss, lse = out if isinstance(out, tuple) else (out, None)
     upstream = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype).reshape(loss.shape)
-    grads = list(torch.autograd.grad(loss, inputs, upstream))
+    grads = list(torch.autograd.grad(loss, inputs + wanted, upstream))
     values = loss.detach() if lse is None else torch.stack([loss.detach(), lse.sum()])
     return values, grads
 
@@ -219,6 +230,9 @@ def test_equals_the_single_process_loss(world_results, number: int) -> None:
     for rank in range(world):
         rank_value, _ = results[rank][number]
         torch.testing.assert_close(rank_value, value, **tolerance)
+    if case.target.is_floating_point():  # ∂target: each rank's slice of the classes
+        joined = torch.cat([results[rank][number][1][-1] for rank in range(world)], dim=1)
+        torch.testing.assert_close(joined, grads.pop(), **tolerance)
     if case.hidden is None:  # each rank's logits gradient is its slice of the whole one
         joined = torch.cat([results[rank][number][1][0] for rank in range(world)], dim=1)
         torch.testing.assert_close(joined, grads[0], **tolerance)

@@ -15,7 +15,7 @@ import torch
 
 from crossent.torch import _dispatch
 from crossent.torch._spec import LossOptions, compute_dtype
-from crossent.torch._torch_ops import Shard, rows_of
+from crossent.torch._torch_ops import Shard, rows_of, weight_slice
 
 CHUNK_BYTES = {"cpu": 44 << 20}  # logits held at once: 9% of a 4096 × 32000 fp32 matrix
 CHUNK_BYTES_ELSEWHERE = 256 << 20  # on a GPU
@@ -170,7 +170,7 @@ def head_pass(
         )
         if capped is not None and out.target is not None and scale is not None:
             log_p = capped - out.lse[start:stop, None]
-            w = 1.0 if options.weight is None else _local_weight(options, call.shard, classes)
+            w = 1.0 if options.weight is None else weight_slice(options.weight, call.shard, classes)
             f = scale.to(compute).reshape(-1, 1)
             out.target[start:stop] = -(1 - options.label_smoothing) * w * log_p * f
         if grad is not None:
@@ -186,12 +186,6 @@ def _capped(logits: torch.Tensor, options: LossOptions) -> torch.Tensor:
     if options.softcap is not None:
         x = options.softcap * torch.tanh(x / options.softcap)
     return x
-
-
-def _local_weight(options: LossOptions, shard: Shard | None, width: int) -> torch.Tensor:
-    assert options.weight is not None
-    start = 0 if shard is None else shard.start
-    return options.weight[start : start + width]
 
 
 def _run_tiles(

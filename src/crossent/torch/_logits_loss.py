@@ -51,7 +51,7 @@ from crossent.torch._saved import (
     upstream_of,
 )
 from crossent.torch._spec import LossOptions, compute_dtype, legacy_reduction, with_options_doc
-from crossent.torch._torch_ops import Shard
+from crossent.torch._torch_ops import Shard, weight_slice
 
 Gradient = Literal["forward", "backward", "none"]
 
@@ -320,6 +320,7 @@ class _Backward:
     rows: torch.Tensor
     target: torch.Tensor
     factor: torch.Tensor
+    shard: Shard | None  # the classes the rows hold, of all processes' (None: all of them)
 
     @classmethod
     def of(
@@ -334,7 +335,7 @@ class _Backward:
         rows, row_target = as_rows(logits), target_rows(target)
         factor = grad_factor(options.reduction, denominators(row_target, options), options.scale)
         upstream = upstream_of(grad_loss, options.reduction)
-        return cls(options, logits, rows, row_target, factor * upstream)
+        return cls(options, logits, rows, row_target, factor * upstream, call.shard)
 
     def logits_gradient(self, lse: torch.Tensor, call: _Call) -> torch.Tensor:
         """The logits' gradient: every factor in float32 (float64 for float64 logits), the
@@ -361,9 +362,10 @@ class _Backward:
         if options.softcap is not None:
             x = options.softcap * torch.tanh(x / options.softcap)
         f = self.factor.to(compute).reshape(-1, 1)
-        w = 1.0 if options.weight is None else options.weight.to(compute)
+        width = self.rows.shape[1]
+        w = 1.0 if options.weight is None else weight_slice(options.weight, self.shard, width)
         log_p = x - lse.to(compute)[:, None]
-        return (-(1 - options.label_smoothing) * w * log_p * f).to(self.target.dtype)
+        return (-(1 - options.label_smoothing) * log_p * w * f).to(self.target.dtype)
 
 
 def _check_differentiable(logits: torch.Tensor | None, call: _Call) -> None:

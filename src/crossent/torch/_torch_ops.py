@@ -250,7 +250,7 @@ def _index_target(
         x_y = x.gather(1, here)
     else:  # a shard may hold no class at all
         x_y = torch.where(on_slice, x.gather(1, here), 0) if x.shape[1] else x.new_zeros(safe.shape)
-    local_weight = None if weight is None else _on_slice(weight, shard, x.shape[1])
+    local_weight = None if weight is None else weight_slice(weight, shard, x.shape[1])
     total_weight = float(classes) if weight is None else weight.sum()
     sums: Sums = (x_y,)
     if eps:  # Σ_j w_j x_j, where a class of weight 0 adds 0 even at x_j = −inf
@@ -294,7 +294,7 @@ def _probability_target(
     if eps:
         v = (1 - eps) * v + eps / classes
     if weight is not None:
-        v = v * _on_slice(weight, shard, x.shape[1])
+        v = v * weight_slice(weight, shard, x.shape[1])
     sums = (
         v.sum(dim=1, keepdim=True),  # V
         torch.where(v == 0, 0.0, v * x).sum(dim=1, keepdim=True),  # Σ v_j x_j, 0 · (−inf) = 0
@@ -316,7 +316,7 @@ def _row_max(x: torch.Tensor) -> torch.Tensor:
     return x.amax(dim=1, keepdim=True)
 
 
-def _on_slice(weight: torch.Tensor, shard: Shard | None, width: int) -> torch.Tensor:
+def weight_slice(weight: torch.Tensor, shard: Shard | None, width: int) -> torch.Tensor:
     """The class weights of the ``width`` classes the logits hold."""
     if shard is None:
         return weight
