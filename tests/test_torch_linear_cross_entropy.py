@@ -433,6 +433,45 @@ def test_a_bias_of_another_dtype_is_added_in_hiddens() -> None:
 
 
 @pytest.mark.parametrize("low_memory", [False, True])
+@pytest.mark.parametrize("trained", ["hidden", "weight", "bias"])
+def test_one_tensor_alone_wanting_its_gradient_gets_it(trained: str, low_memory: bool) -> None:
+    """A linear probe (only the weight and bias trained, features fixed), a frozen head (only
+    hidden), only the bias: each gets the unfused head's gradient."""
+    hidden, weight, bias, labels = head()
+    tensors = {"hidden": hidden, "weight": weight, "bias": bias}
+    for name, tensor in tensors.items():
+        tensor.requires_grad_(name == trained)
+    wanted = (tensors[trained],)
+    ours = value_and_grads(
+        lambda: linear_cross_entropy(hidden, weight, labels, bias=bias, low_memory=low_memory),
+        wanted,
+    )
+    theirs = value_and_grads(lambda: cross_entropy(F.linear(hidden, weight, bias), labels), wanted)
+    assert_same_in_float64(ours, theirs)
+    if trained != "bias":  # and without a bias at all
+        ours = value_and_grads(
+            lambda: linear_cross_entropy(hidden, weight, labels, low_memory=low_memory), wanted
+        )
+        theirs = value_and_grads(lambda: cross_entropy(F.linear(hidden, weight), labels), wanted)
+        assert_same_in_float64(ours, theirs)
+
+
+def test_float16_weight_gradient_partial_sums_beyond_its_range() -> None:
+    """∂W summed over chunks reaches -70,000 (beyond float16's 65,504) before the rows that
+    bring it back to 0: summed in float32 even when asked to sum in the weight's dtype."""
+    hidden = torch.full((1400, 1), 200.0, dtype=torch.float16)
+    weight = torch.zeros(2, 1, dtype=torch.float16, requires_grad=True)
+    labels = torch.tensor([0] * 700 + [1] * 700)  # p = (1/2, 1/2): each row adds ∓100 to ∂W
+    loss = linear_cross_entropy(
+        hidden, weight, labels, reduction="sum", chunk_size=100, weight_grad_dtype=None
+    )
+    loss.backward()
+    assert weight.grad is not None
+    assert weight.grad.dtype == torch.float16
+    assert torch.equal(weight.grad, torch.zeros(2, 1, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("low_memory", [False, True])
 def test_a_head_without_bias(low_memory: bool) -> None:
     hidden, weight, _, labels = head()
     tensors = (hidden, weight)
