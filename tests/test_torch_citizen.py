@@ -15,7 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad, jacrev, vmap
 
-from crossent.torch import CrossEntropyLoss, LinearCrossEntropy, cross_entropy, linear_cross_entropy
+from crossent.torch import (
+    CrossEntropyLoss,
+    LinearCrossEntropy,
+    cross_entropy,
+    cross_entropy_reference,
+    linear_cross_entropy,
+)
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -189,6 +195,69 @@ def test_vmap_of_the_linear_head_equals_the_loop() -> None:
             [linear_cross_entropy(hidden[i], weight, y[i], reduction=reduction) for i in range(2)]
         )
         torch.testing.assert_close(batched, loop, rtol=0, atol=1e-6)
+
+
+def test_grad_of_the_head_with_leading_dims_probability_targets_and_lse() -> None:
+    """torch.func.grad through the head (its logits made, then cross_entropy's rule): hidden
+    (2, 3, D), probability targets (2, 3, C), soft-capping, and the log-sum-exps of the capped
+    logits, against autograd through the unfused head."""
+    generator = torch.Generator().manual_seed(4)
+    hidden = torch.randn(2, 3, 5, generator=generator, dtype=torch.float64)
+    weight = torch.randn(7, 5, generator=generator, dtype=torch.float64)
+    bias = torch.randn(7, generator=generator, dtype=torch.float64)
+    target = torch.softmax(torch.randn(2, 3, 7, generator=generator, dtype=torch.float64), -1)
+    options = {"label_smoothing": 0.1, "softcap": 3.0, "reduction": "sum"}
+
+    def ours(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, lse = linear_cross_entropy(h, weight, target, bias=bias, return_lse=True, **options)
+        return loss, lse
+
+    gradient, lse = grad(ours, has_aux=True)(hidden)
+    h = hidden.clone().requires_grad_()
+    logits = F.linear(h, weight, bias)
+    loss = cross_entropy(logits.movedim(-1, 1), target.movedim(-1, 1), **options)  # type: ignore[arg-type]
+    (expected,) = torch.autograd.grad(loss, h)
+    torch.testing.assert_close(gradient, expected, rtol=1e-12, atol=1e-12)
+    capped = 3.0 * torch.tanh(logits.detach() / 3.0)
+    torch.testing.assert_close(lse, torch.logsumexp(capped, dim=-1), rtol=1e-12, atol=1e-12)
+    deeper = torch.randn(2, 3, 4, 5, generator=generator, dtype=torch.float64)  # index labels
+    labels = torch.randint(0, 7, (2, 3, 4), generator=generator)
+    gradient = grad(lambda h: linear_cross_entropy(h, weight, labels, bias=bias))(deeper)
+    h = deeper.clone().requires_grad_()
+    loss = cross_entropy(F.linear(h, weight, bias).movedim(-1, 1), labels)
+    torch.testing.assert_close(gradient, torch.autograd.grad(loss, h)[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"reduction": "mean", "probabilities": True},
+        {"reduction": "mean", "weight": [0.3, 1.7, 0.9, 1.1, 0.7]},
+        {"reduction": "sum", "base": 2.0},
+    ],
+    ids=["probabilities", "class weights", "sum in bits"],
+)
+def test_grad_transform_keeps_float64_exact(options: dict) -> None:
+    """Under torch.func.grad the gradient is made by differentiable torch ops from the
+    reduction's factor (1 / the mean's denominator, 1 / ln base): in float64 every factor
+    stays float64 (float32 class weights are read as float64), so the gradient equals the
+    float64 reference's to 1e-13."""
+    generator = torch.Generator().manual_seed(8)
+    logits = torch.randn(7, 5, generator=generator, dtype=torch.float64)
+    options = dict(options)
+    if options.pop("probabilities", False):
+        target = torch.softmax(torch.randn(7, 5, generator=generator, dtype=torch.float64), -1)
+    else:
+        target = torch.randint(0, 5, (7,), generator=generator)
+        target[2] = -100
+    reference = dict(options)
+    if "weight" in options:  # float32 weights: their float64 values are the reference's
+        options["weight"] = torch.tensor(options["weight"], dtype=torch.float32)
+        reference["weight"] = options["weight"].double()
+    ours = grad(lambda x: cross_entropy(x, target, **options))(logits)
+    x = logits.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(cross_entropy_reference(x, target, **reference), x)
+    torch.testing.assert_close(ours, expected, rtol=1e-13, atol=1e-15)
 
 
 def test_vmap_over_class_weights_equals_the_loop() -> None:
@@ -390,7 +459,8 @@ def test_fullgraph_forward_and_backward_equal_eager(reduction: str) -> None:
 def test_fullgraph_head_with_every_option_equals_eager() -> None:
     """The compiled head's one operator gets every option: a bias, class weights, smoothing,
     soft-capping, z-loss, another ignore_index, chunks of 5 rows, a float64 weight gradient
-    sum; and probability targets, whose gradient it makes too."""
+    sum; probability targets, whose gradient it makes too; and the low-memory mode, whose
+    backward reuses the forward's log-sum-exps."""
     generator = torch.Generator().manual_seed(11)
     hidden = torch.randn(13, 6, generator=generator)
     weight, bias = torch.randn(9, 6, generator=generator), torch.randn(9, generator=generator)
@@ -401,14 +471,19 @@ def test_fullgraph_head_with_every_option_equals_eager() -> None:
         class_weight=torch.rand(9, generator=generator) + 0.5, label_smoothing=0.1, softcap=4.0,
         z_loss=1e-2, chunk_size=5, weight_grad_dtype=torch.float64,
     )  # fmt: skip
-    for target, reduction, ignore in ((labels, "mean", 3), (probabilities, "none", -100)):
+    low_memory = {**options, "class_weight": None, "low_memory": True}
+    for target, reduction, ignore, chosen in (
+        (labels, "mean", 3, options),
+        (probabilities, "none", -100, options),
+        (labels, "sum", 3, low_memory),
+    ):
         results = []
         for run in (torch.compile(linear_cross_entropy, fullgraph=True), linear_cross_entropy):
             torch._dynamo.reset()
             tensors = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
             tensors.append(target.clone().requires_grad_(target.is_floating_point()))
             h, w, b, t = tensors
-            loss = run(h, w, t, bias=b, reduction=reduction, ignore_index=ignore, **options)
+            loss = run(h, w, t, bias=b, reduction=reduction, ignore_index=ignore, **chosen)
             wanted = [x for x in tensors if x.requires_grad]
             upstream = torch.linspace(0.5, 1.5, loss.numel()).reshape(loss.shape)
             results.append([loss.detach(), *torch.autograd.grad(loss, wanted, upstream)])

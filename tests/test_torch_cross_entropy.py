@@ -336,3 +336,35 @@ def test_a_plain_backward_makes_no_tensor_the_size_of_the_logits() -> None:
     with NewMemory() as backward:
         loss.backward()
     assert backward.largest < 64 * 500
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_mean_over_no_weight_is_zero_with_a_zero_gradient_even_smoothed(dtype) -> None:
+    """Every label of class weight 0: the mean divides by Σ w_y = 0, so the loss is 0 and the
+    gradient exactly 0, though smoothing gives every row a nonzero term (on the host's path
+    for float32, the backward's for bfloat16); and a batch of no rows alike."""
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 3, generator=generator).to(dtype).requires_grad_()
+    weight = torch.tensor([0.0, 1.0, 1.0])
+    loss = cross_entropy(x, torch.zeros(4, dtype=torch.long), weight=weight, label_smoothing=0.1)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert x.grad is not None
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    empty = torch.empty(0, 3, dtype=dtype, requires_grad=True)
+    loss = cross_entropy(empty, torch.empty(0, dtype=torch.long), label_smoothing=0.1)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert empty.grad is not None
+    assert empty.grad.shape == (0, 3)
+
+
+def test_a_label_outside_the_classes_with_class_weights_is_named() -> None:
+    """The host's denominator reads the weights of the labels before the pass checks them: a
+    label outside the classes still gets the check's message, not an index error."""
+    with pytest.raises(
+        ValueError,
+        match=r"^`target` must be class indices in \[0, 3\) or ignore_index -100; got 5 at "
+        r"position \(1,\)$",
+    ):
+        cross_entropy(torch.randn(4, 3), torch.tensor([0, 5, 0, 0]), weight=torch.ones(3))

@@ -580,7 +580,7 @@ def test_class_blocks_ignore_rows_exactly_even_with_huge_logits(class_blocks) ->
 def test_huge_class_counts_switch_to_blocks_of_classes(monkeypatch) -> None:
     """When even 8 rows of logits exceed the budget, the loss takes blocks of classes by
     itself: no tensor near the size of the logits, the same answer."""
-    rows, dim, classes = 512, 16, 4000
+    rows, dim, classes = 512, 2, 4000
     monkeypatch.setitem(CHUNK_BYTES, "cpu", 8 * classes * 4 - 1)  # 8 rows do not fit
     monkeypatch.setattr(_class_blocks, "BLOCK_BYTES", 64 << 10)
     hidden, weight, bias, labels = head(rows, dim, classes, dtype=torch.float32)
@@ -588,7 +588,8 @@ def test_huge_class_counts_switch_to_blocks_of_classes(monkeypatch) -> None:
         ours = value_and_grads(
             lambda: linear_cross_entropy(hidden, weight, labels, bias=bias), (hidden, weight)
         )
-    assert blocks.largest == classes * dim  # the weight's gradient; logits: 256 × 64 at most
+    # blocks of 16,384 logits at most, where chunks of 8 rows would hold 32,000
+    assert blocks.largest == (64 << 10) // 4
     theirs = value_and_grads(
         lambda: F.cross_entropy(F.linear(hidden, weight, bias), labels), (hidden, weight)
     )
@@ -681,3 +682,53 @@ def test_any_blocks_of_classes_give_the_unfused_answer(
         (hidden, weight, bias),
     )
     assert_same_in_float64(ours, theirs)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_heads_with_leading_dimensions_are_no_worse_than_eager(reduction, dtype) -> None:
+    """float16 (and "none") take the gradient in the backward, where the upstream gradient
+    of each (b, t) example meets its row: against the exact loss and gradients of the same
+    numbers, no further off than eager PyTorch at that dtype (relative norms)."""
+    hidden, weight, bias, labels = head(24, 8, 11, seed=2)
+    low = [t.detach().to(dtype).requires_grad_() for t in (hidden, weight, bias)]
+    exact = [t.detach().double().requires_grad_() for t in low]
+    labels = labels.reshape(4, 6)
+
+    def unfused(h, w, b):
+        return F.cross_entropy(
+            F.linear(h.reshape(4, 6, 8), w, b).movedim(-1, 1), labels, reduction=reduction
+        )
+
+    ours = value_and_grads(
+        lambda: linear_cross_entropy(
+            low[0].reshape(4, 6, 8), low[1], labels, bias=low[2], reduction=reduction
+        ),
+        low,
+    )
+    eager, truth = (
+        value_and_grads(lambda: unfused(*low), low),
+        value_and_grads(lambda: unfused(*exact), exact),
+    )
+    assert ours[0].dtype == torch.float32
+    assert ours[0].shape == truth[0].shape
+    assert all(g.dtype == dtype for g in ours[1])
+
+    def error(got, exact):
+        return ((got.double() - exact).norm() / exact.norm()).item()
+
+    for mine, theirs, exact_value in zip(
+        (ours[0], *ours[1]), (eager[0], *eager[1]), (truth[0], *truth[1]), strict=True
+    ):
+        assert error(mine, exact_value) <= error(theirs, exact_value) + torch.finfo(dtype).eps
+
+
+def test_one_class_is_certain_and_costs_nothing() -> None:
+    """C = 1: the softmax is 1, so a probability target of 1 (or the label 0) costs 0, with
+    zero gradients."""
+    hidden, weight, _, _ = head(5, 3, 1)
+    for target in (torch.ones(5, 1, dtype=torch.float64), torch.zeros(5, dtype=torch.long)):
+        loss = linear_cross_entropy(hidden, weight, target)
+        grads = torch.autograd.grad(loss, (hidden, weight))
+        assert loss.item() == 0.0
+        assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
