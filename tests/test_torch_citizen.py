@@ -8,6 +8,7 @@ makes, for the linear head), which PyTorch differentiates by autograd.
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 
 import pytest
@@ -105,6 +106,73 @@ def test_gradgradcheck_in_float64(options: dict, reduction: str, probabilities: 
         return cross_entropy(x, t[0] if t else target, **chosen)
 
     assert torch.autograd.gradgradcheck(loss, inputs)
+
+
+@pytest.mark.parametrize(
+    ("options", "reduction", "probabilities"),
+    [
+        case
+        for case in itertools.product(OPTIONS, REDUCTIONS, [False, True])
+        if not (case[2] and "ignore_index" in case[0])
+    ],
+)
+def test_gradgrad_first_and_second_derivatives_are_the_references(
+    options: dict, reduction: str, probabilities: bool
+) -> None:
+    """With create_graph=True the gradient is made by differentiable torch ops; gradgradcheck
+    checks only that they agree with themselves, so here the gradient they make (of the
+    logits, and of probability targets) and a Hessian-vector product through it are checked
+    against the float64 reference's, whose double backward is autograd's own."""
+    generator = torch.Generator().manual_seed(6)
+    logits = torch.randn(5, 4, dtype=torch.float64, generator=generator)
+    logits[3, 2] = -math.inf if not probabilities else logits[3, 2]  # 0 · (−inf) = 0 terms
+    if probabilities:
+        target = torch.softmax(torch.randn(5, 4, dtype=torch.float64, generator=generator), -1)
+    else:
+        target = torch.tensor([0, 1, 2, 1, 3])
+    chosen = {**_options(options, 4), "reduction": reduction}
+    upstream = torch.rand(5 if reduction == "none" else (), generator=generator).double() + 0.5
+    vector = torch.randn(5, 4, dtype=torch.float64, generator=generator).nan_to_num()
+    results = []
+    for loss_fn in (cross_entropy, cross_entropy_reference):
+        x = logits.clone().requires_grad_()
+        t = target.clone().requires_grad_() if probabilities else target
+        wanted = (x, t) if probabilities else (x,)
+        loss = loss_fn(x, t, **chosen)
+        firsts = torch.autograd.grad(loss, wanted, upstream, create_graph=True)
+        product = sum((g.nan_to_num() * vector).sum() for g in firsts)
+        seconds = torch.autograd.grad(product, wanted, allow_unused=True)
+        results.append([*firsts, *(g for g in seconds if g is not None)])
+    for ours, theirs in zip(*results, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12, equal_nan=False)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gradgrad_of_the_linear_head_is_the_unfused_heads(reduction: str) -> None:
+    """The head's double backward (its logits made, then the rule above) with a bias, class
+    weights, smoothing and soft-capping, against autograd through the unfused float64 head."""
+    generator = torch.Generator().manual_seed(7)
+    tensors = [
+        torch.randn(6, 3, dtype=torch.float64, generator=generator),
+        torch.randn(5, 3, dtype=torch.float64, generator=generator),
+        torch.randn(5, dtype=torch.float64, generator=generator),
+    ]
+    target = torch.tensor([0, 4, -100, 2, 1, 3])
+    options = {"reduction": reduction, "softcap": 4.0, "label_smoothing": 0.1, "z_loss": 0.01}
+    weight = torch.rand(5, generator=generator, dtype=torch.float64) + 0.5
+    upstream = torch.rand(6 if reduction == "none" else (), generator=generator).double() + 0.5
+    results = []
+    for fused in (True, False):
+        h, w, b = (t.clone().requires_grad_() for t in tensors)
+        if fused:
+            loss = linear_cross_entropy(h, w, target, bias=b, class_weight=weight, **options)
+        else:
+            loss = cross_entropy_reference(F.linear(h, w, b), target, weight=weight, **options)
+        firsts = torch.autograd.grad(loss, (h, w, b), upstream, create_graph=True)
+        product = sum((g * g.detach().sin()).sum() for g in firsts)
+        results.append([*firsts, *torch.autograd.grad(product, (h, w, b))])
+    for ours, theirs in zip(*results, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
