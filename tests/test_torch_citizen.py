@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import warnings
 
 import pytest
@@ -207,8 +208,30 @@ def test_a_hessian_vector_product_equals_pytorchs() -> None:
 def test_double_backward_after_inplace_backward_is_a_clear_error() -> None:
     x = torch.randn(3, 4, requires_grad=True)
     loss = cross_entropy(x.clone(), torch.tensor([0, 1, 2]), inplace_backward=True)
-    with pytest.raises(RuntimeError, match="double backward"):
+    message = (
+        "crossent.torch.cross_entropy: double backward (create_graph=True, or a torch.func "
+        "transform) needs the logits, which inplace_backward=True overwrote; pass "
+        "inplace_backward=False"
+    )
+    with pytest.raises(RuntimeError, match=f"^{re.escape(message)}$"):
         torch.autograd.grad(loss, x, create_graph=True)
+
+
+def test_vmap_over_logits_alone_single_examples_and_a_batch_of_one() -> None:
+    """in_dims (0, None): one target shared by every slice; slices that are one example of
+    C logits each; and a batch of one slice."""
+    generator = torch.Generator().manual_seed(9)
+    x = torch.randn(3, 4, 6, generator=generator)
+    y = torch.randint(0, 6, (4,), generator=generator)
+    options = {"label_smoothing": 0.1, "weight": torch.rand(6, generator=generator) + 0.5}
+    shared = vmap(lambda a: cross_entropy(a, y, **options))(x)
+    torch.testing.assert_close(shared, torch.stack([cross_entropy(s, y, **options) for s in x]))
+    rows, labels = x[:, 0], torch.tensor([1, 5, 0])
+    single = vmap(lambda a, b: cross_entropy(a, b, **options))(rows, labels)
+    loop = torch.stack([cross_entropy(r, t, **options) for r, t in zip(rows, labels, strict=True)])
+    torch.testing.assert_close(single, loop)
+    one = vmap(lambda a: cross_entropy(a, y, reduction="none"))(x[:1])
+    torch.testing.assert_close(one, cross_entropy(x[0], y, reduction="none")[None])
 
 
 # ---- torch.func ----

@@ -368,3 +368,32 @@ def test_a_label_outside_the_classes_with_class_weights_is_named() -> None:
         r"position \(1,\)$",
     ):
         cross_entropy(torch.randn(4, 3), torch.tensor([0, 5, 0, 0]), weight=torch.ones(3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_probability_targets_gradient_with_every_option(dtype) -> None:
+    """∂loss/∂t_j = −f (1 − ε) w_j log p_j with the soft-capped logits, made in the backward
+    from the logits and their log-sum-exps: against the float64 reference's autograd."""
+    generator = torch.Generator().manual_seed(12)
+    logits = torch.randn(6, 5, generator=generator, dtype=torch.float64).to(dtype)
+    target = torch.softmax(torch.randn(6, 5, generator=generator, dtype=torch.float64), -1)
+    weight = torch.rand(5, generator=generator, dtype=torch.float64) + 0.5
+    options = {"label_smoothing": 0.1, "softcap": 2.0, "z_loss": 0.01, "reduction": "sum"}
+    x, t = logits.clone().requires_grad_(), target.to(dtype).requires_grad_()
+    loss = cross_entropy(x, t, weight=weight.to(dtype), **options)
+    ours = torch.autograd.grad(loss, (x, t))
+    xr, tr = logits.double().requires_grad_(), t.detach().double().requires_grad_()
+    reference = cross_entropy_reference(xr, tr, weight=weight.to(dtype).double(), **options)
+    expected = torch.autograd.grad(reference, (xr, tr))
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5 if dtype == torch.float32 else 2e-2
+    for mine, exact in zip(ours, expected, strict=True):
+        assert mine.dtype == dtype
+        torch.testing.assert_close(mine.double(), exact, rtol=tolerance, atol=tolerance)
+
+
+def test_a_base_of_root_e_doubles_the_nats() -> None:
+    """1 / ln √e = 2: the unit's product is taken whenever the base is not e."""
+    x, y = torch.randn(5, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 0])
+    assert cross_entropy(x, y, base=math.sqrt(math.e)).item() == pytest.approx(
+        2 * cross_entropy(x, y).item(), rel=1e-15
+    )

@@ -54,7 +54,8 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("inplace backward with a target that wants a gradient",
      lambda: cross_entropy(X.clone().requires_grad_(), P.clone().requires_grad_(),
                            inplace_backward=True),
-     ValueError, r"`inplace_backward=True` overwrites the logits"),
+     ValueError, r"^`inplace_backward=True` overwrites the logits, which the target's gradient "
+                 r"needs; pass inplace_backward=False for a target that requires grad$"),
     ("integer hidden", lambda: linear_cross_entropy(H.long(), W.long(), Y), TypeError,
      r"`hidden` must be a floating-point tensor; got dtype torch.int64"),
     ("integer head weight", lambda: linear_cross_entropy(H, W.long(), Y), TypeError,
