@@ -232,6 +232,10 @@ def test_vmap_over_logits_alone_single_examples_and_a_batch_of_one() -> None:
     torch.testing.assert_close(single, loop)
     one = vmap(lambda a: cross_entropy(a, y, reduction="none"))(x[:1])
     torch.testing.assert_close(one, cross_entropy(x[0], y, reduction="none")[None])
+    nothing = torch.empty(2, 0, 6), torch.empty(2, 0, dtype=torch.long)  # slices of no rows
+    for reduction in ("mean", "sum"):
+        empty = vmap(lambda a, b, r=reduction: cross_entropy(a, b, reduction=r))(*nothing)
+        assert torch.equal(empty, torch.zeros(2))
 
 
 # ---- torch.func ----

@@ -96,22 +96,12 @@ def host_factor(reduction: Reduction, denominator: float, scale: float) -> float
 
 
 def grad_factor(reduction: Reduction, denominator: torch.Tensor, scale: float) -> torch.Tensor:
-    """What every row's gradient is multiplied by, float64: the unit's ``scale`` (1 / ln base),
-    over the mean's ``denominator`` of the row's segment (0 where that is 0). A 0-d tensor for
-    one segment, else one factor per segment."""
+    """What every row's gradient is multiplied by, 0-d float64: the unit's ``scale``
+    (1 / ln base), over the mean's ``denominator`` ``(1,)`` (0 where that is 0)."""
     if reduction != "mean":
         # made on the device (a fill, not a copy from the host: CUDA graphs can capture it)
-        full = torch.full((), scale, dtype=torch.float64, device=denominator.device)
-        return full if denominator.numel() == 1 else full.expand(denominator.shape)
-    factor = torch.where(denominator == 0, 0.0, scale / denominator)
-    return factor[0] if factor.numel() == 1 else factor
-
-
-def per_row(factor: torch.Tensor, rows: int) -> torch.Tensor:
-    """A factor per segment ``(segments,)`` as one per row ``(rows,)``; a 0-d factor as is."""
-    if factor.dim() == 0:
-        return factor
-    return factor.repeat_interleave(rows // max(factor.numel(), 1))
+        return torch.full((), scale, dtype=torch.float64, device=denominator.device)
+    return torch.where(denominator == 0, 0.0, scale / denominator).reshape(())
 
 
 def reduce_rows(
