@@ -305,6 +305,31 @@ def test_torch_compile_fullgraph() -> None:
             torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
 
 
+def test_torch_compile_fullgraph_with_every_option_equals_eager() -> None:
+    """The compiled pass and backward operators get every option: another ignore_index,
+    z-loss and "none"; probability targets (with their gradient), soft-capping and bits;
+    bfloat16 logits, whose gradient the backward operator makes."""
+    logits, index, probs, weight = problem((6, 5), torch.float32, seed=3)
+    other = torch.where(index == -100, 2, index)  # ignore class 2 instead
+    cases = [
+        (logits, other, {"ignore_index": 2, "z_loss": 1e-2, "reduction": "none"}),
+        (logits, probs, {"softcap": 2.0, "base": 2.0, "weight": weight, "label_smoothing": 0.1}),
+        (logits.bfloat16(), index, {"weight": weight, "z_loss": 1e-2}),
+    ]
+    for x, target, options in cases:
+        results = []
+        for run in (torch.compile(cross_entropy, fullgraph=True), cross_entropy):
+            torch._dynamo.reset()
+            tensors = [x.clone().requires_grad_()]
+            if target.is_floating_point():
+                tensors.append(target.clone().requires_grad_())
+            loss = run(tensors[0], tensors[-1] if len(tensors) > 1 else target, **options)
+            upstream = torch.linspace(0.5, 1.5, loss.numel()).reshape(loss.shape)
+            results.append([loss.detach(), *torch.autograd.grad(loss, tensors, upstream)])
+        for a, b in zip(*results, strict=True):
+            torch.testing.assert_close(a.double(), b.double(), rtol=1e-5, atol=1e-6)
+
+
 class NewMemory(TorchDispatchMode):
     """Records the largest new storage (in elements) any operator produced: views and
     results written into existing memory do not count."""

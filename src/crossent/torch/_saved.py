@@ -31,8 +31,11 @@ def scale_saved(
     if on_cpu and ctx.reduction != "none" and grad_output.item() == 1.0:
         return grads  # loss.backward() on a mean or sum: the gradients are ready as they are
     if ctx.inplace or not on_cpu:
-        refuse_second_backward(ctx, name)
-        ctx.used = True
+        # torch.compile may trace a backward twice (it speculates again after inserting a
+        # copy), and its traced graph is functional: the in-place product uses nothing up
+        if not torch.compiler.is_compiling():
+            refuse_second_backward(ctx, name)
+            ctx.used = True
         return tuple(_times(grad, upstream, in_place=True) for grad in grads)
     return tuple(_times(grad, upstream, in_place=False) for grad in grads)  # kept: retain_graph
 
