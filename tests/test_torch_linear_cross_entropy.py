@@ -732,3 +732,18 @@ def test_one_class_is_certain_and_costs_nothing() -> None:
         grads = torch.autograd.grad(loss, (hidden, weight))
         assert loss.item() == 0.0
         assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_label_outside_the_classes_is_refused_by_every_kernel(dtype) -> None:
+    """float32 rows go to the compiled kernel, which refuses the label itself; float64 rows
+    to torch ops, which need the check before the pass."""
+    hidden, weight, _, _ = head(dtype=dtype)
+    labels = torch.zeros(23, dtype=torch.long)
+    labels[5] = 17
+    with pytest.raises(
+        ValueError,
+        match=r"^`target` must be class indices in \[0, 17\) or ignore_index -100; got 17 at "
+        r"position \(5,\)$",
+    ):
+        linear_cross_entropy(hidden, weight, labels)
