@@ -426,3 +426,21 @@ def test_a_base_of_root_e_doubles_the_nats() -> None:
     assert cross_entropy(x, y, base=math.sqrt(math.e)).item() == pytest.approx(
         2 * cross_entropy(x, y).item(), rel=1e-15
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_logits_are_left_as_they_were_unless_inplace_backward(dtype) -> None:
+    """The gradient goes to new memory (bfloat16's is made in the backward, from the logits),
+    and over the logits only with inplace_backward=True."""
+    logits = torch.randn(6, 5).to(dtype)
+    kept = logits.clone()
+    x = logits.requires_grad_()
+    cross_entropy(x, torch.tensor([0, 1, 2, 3, 4, 0])).backward()
+    assert torch.equal(logits.detach(), kept)
+    assert x.grad is not None
+    assert x.grad.data_ptr() != x.data_ptr()
+    copy = kept.clone().requires_grad_()
+    y = copy.clone()
+    cross_entropy(y, torch.tensor([0, 1, 2, 3, 4, 0]), inplace_backward=True).backward()
+    assert copy.grad is not None
+    assert not torch.equal(y.detach(), kept)  # overwritten by its gradient
