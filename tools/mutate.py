@@ -45,7 +45,7 @@ MODULES: dict[str, tuple[list[str], str]] = {
     "torch/_logits_loss.py": (["test_torch_cross_entropy.py", "test_torch_citizen.py",
                                "test_torch_errors.py"], ""),
     "torch/_differentiable.py": (["test_torch_citizen.py"],
-                                 "gradgrad or vmap or jacrev or grad_of"),
+                                 "gradgrad or vmap or jacrev or grad_of or grad_transform"),
     "torch/_saved.py": (["test_torch_cross_entropy.py", "test_torch_errors.py",
                          "test_torch_linear_cross_entropy.py", "test_triton_cross_entropy.py"],
                         "not kernel_matches"),
