@@ -362,10 +362,11 @@ class _Backward:
         if options.softcap is not None:
             x = options.softcap * torch.tanh(x / options.softcap)
         f = self.factor.to(compute).reshape(-1, 1)
-        width = self.rows.shape[1]
-        w = 1.0 if options.weight is None else weight_slice(options.weight, self.shard, width)
+        w: torch.Tensor | float = 1.0
+        if options.weight is not None:  # this shard's classes' weights
+            w = weight_slice(options.weight, self.shard, self.rows.shape[1]).to(compute)
         log_p = x - lse.to(compute)[:, None]
-        return (-(1 - options.label_smoothing) * log_p * w * f).to(self.target.dtype)
+        return (-(1 - options.label_smoothing) * w * log_p * f).to(self.target.dtype)
 
 
 def _check_differentiable(logits: torch.Tensor | None, call: _Call) -> None:
