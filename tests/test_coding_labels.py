@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import re
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +15,7 @@ from hypothesis import strategies as st
 from crossent.classifier.data import bundled
 from crossent.classifier.model import ModelCard, SoftmaxClassifier, standardisation
 from crossent.classifier.train import SGDOptions, train
+from crossent.coding import _container as container
 from crossent.coding import labels as labels_module
 from crossent.coding.labels import MAGIC, compress, decompress, quantise, read
 
@@ -152,10 +150,7 @@ def test_what_matters_is_the_quantised_model(coded) -> None:
 def test_a_newer_format_version_is_refused(coded) -> None:
     u, path = coded
     header, words = read(path)
-    header["format_version"] = 2
-    encoded = json.dumps(header).encode()
-    body = MAGIC + struct.pack("<I", len(encoded)) + encoded + words.astype("<u4").tobytes()
-    path.write_bytes(body + hashlib.sha256(body).digest())
+    forge(path, {**header, "format_version": 2}, words)
     with pytest.raises(ValueError, match="has format version 2; this crossent reads version 1"):
         decompress(path, lambda a, b: u[a:b], identity=ID)
 
@@ -380,10 +375,9 @@ def test_the_coder_frequencies_are_the_quantised_ones_minus_1() -> None:
 
 
 def forge(path: Path, header: dict, words: np.ndarray | list[int]) -> None:
-    """A file with ``header`` and ``words`` and a checksum that matches them."""
-    encoded = json.dumps(header).encode()
-    body = MAGIC + struct.pack("<I", len(encoded)) + encoded + np.asarray(words, "<u4").tobytes()
-    path.write_bytes(body + hashlib.sha256(body).digest())
+    """A file with ``header`` and ``words`` and a checksum that matches them: the container
+    that compress writes, with any header."""
+    container.write(path, MAGIC, header, np.asarray(words, dtype=np.uint32))
 
 
 def refused(path: Path, u: np.ndarray, message: str, **options: object) -> None:
